@@ -1,0 +1,199 @@
+import { LRUCache } from 'lru-cache'
+import { CinderfsError } from '../errors/errors.js'
+
+/** Where blocks come from: one attached, immutable image. */
+export interface BlockSource {
+  /** Cache key prefix; the volume id, since a finalised image never changes. */
+  readonly key: string
+  /** Image size in bytes; nothing at or past it is read. */
+  readonly size: number
+  read(buffer: Buffer, offset: number, length: number, position: number): Promise<number>
+}
+
+/** Per-open-file readahead state: how far a sequential reader has come and how far we look ahead. */
+export interface ReadStream {
+  nextPosition: number
+  windowBlocks: number
+}
+
+export function newReadStream(): ReadStream {
+  return { nextPosition: 0, windowBlocks: 0 }
+}
+
+export interface BlockCacheOptions {
+  budgetBytes: number
+  blockSize: number
+  readaheadBytes: number
+}
+
+export interface BlockCacheStats {
+  hits: number
+  misses: number
+  deviceReads: number
+  deviceBytes: number
+  prefetches: number
+  cachedBytes: number
+}
+
+type Waiter = (block: Buffer | undefined, err?: unknown) => void
+
+/**
+ * LRU of fixed-size blocks with a byte budget. A miss reads one whole block
+ * from the device, once however many readers want it (waiters join the read
+ * in flight). Sequential readers get a readahead window that doubles up to
+ * the configured limit. Everything a reader gets is copied out synchronously
+ * in the callback that produced it, so evicted buffers can be reused at once.
+ */
+export class BlockCache {
+  private readonly blockSize: number
+  private readonly maxWindowBlocks: number
+  private readonly lru: LRUCache<string, Buffer>
+  private readonly inflight = new Map<string, Waiter[]>()
+  private readonly free: Buffer[] = []
+  private readonly maxFree: number
+  private inflightBlocks = 0
+  private readonly maxInflightBlocks: number
+  readonly stats: BlockCacheStats = { hits: 0, misses: 0, deviceReads: 0, deviceBytes: 0, prefetches: 0, cachedBytes: 0 }
+
+  constructor(options: BlockCacheOptions) {
+    this.blockSize = options.blockSize
+    this.maxWindowBlocks = Math.max(1, Math.floor(options.readaheadBytes / options.blockSize))
+    const budgetBlocks = Math.floor(options.budgetBytes / options.blockSize)
+    this.maxFree = Math.min(16, Math.max(2, budgetBlocks >> 3))
+    // In-flight blocks are not in the LRU yet; bound them so the budget holds.
+    this.maxInflightBlocks = Math.max(2, Math.min(this.maxWindowBlocks * 2, budgetBlocks >> 2))
+    this.lru = new LRUCache<string, Buffer>({
+      maxSize: options.budgetBytes,
+      sizeCalculation: () => this.blockSize,
+      dispose: (block, _key, reason) => {
+        this.stats.cachedBytes -= this.blockSize
+        if (reason !== 'set' && this.free.length < this.maxFree) this.free.push(fullBlock(block, this.blockSize))
+      },
+    })
+  }
+
+  /**
+   * Copies `length` bytes at `position` of `source` into `target`. Returns the
+   * byte count directly when every block is cached (the FUSE reply can then go
+   * out in the same tick), else a promise of it.
+   */
+  read(source: BlockSource, target: Buffer, length: number, position: number, stream?: ReadStream): number | Promise<number> {
+    const end = Math.min(position + length, source.size)
+    if (end <= position) return 0
+    if (stream !== undefined) this.readahead(source, stream, position, end)
+    const first = Math.floor(position / this.blockSize)
+    const last = Math.floor((end - 1) / this.blockSize)
+    let missing = 0
+    for (let index = first; index <= last; index++) {
+      if (!this.lru.has(blockKey(source, index))) missing++
+    }
+    if (missing === 0) {
+      this.stats.hits++
+      for (let index = first; index <= last; index++) {
+        const block = this.lru.get(blockKey(source, index))
+        if (block !== undefined) this.copyOut(block, index, target, position, end)
+      }
+      return end - position
+    }
+    this.stats.misses++
+    return new Promise<number>((resolve, reject) => {
+      let pending = last - first + 1
+      let failed = false
+      for (let index = first; index <= last; index++) {
+        this.withBlock(source, index, (block, err) => {
+          if (failed) return
+          if (block === undefined) {
+            failed = true
+            reject(err instanceof Error ? err : new CinderfsError('EIO', `read of block ${index} of ${source.key} failed`))
+            return
+          }
+          this.copyOut(block, index, target, position, end)
+          if (--pending === 0) resolve(end - position)
+        })
+      }
+    })
+  }
+
+  /** Drops every block of one image (after it was deleted). */
+  forget(sourceKey: string): void {
+    const prefix = `${sourceKey}:`
+    for (const key of [...this.lru.keys()]) {
+      if (key.startsWith(prefix)) this.lru.delete(key)
+    }
+  }
+
+  private copyOut(block: Buffer, index: number, target: Buffer, position: number, end: number): void {
+    const blockStart = index * this.blockSize
+    const from = Math.max(position, blockStart)
+    const to = Math.min(end, blockStart + block.length)
+    if (to > from) block.copy(target, from - position, from - blockStart, to - blockStart)
+  }
+
+  /** Calls `use` with the block, now if cached, else when the (shared) device read finishes. */
+  private withBlock(source: BlockSource, index: number, use: Waiter): void {
+    const key = blockKey(source, index)
+    const cached = this.lru.get(key)
+    if (cached !== undefined) return use(cached)
+    const waiters = this.inflight.get(key)
+    if (waiters !== undefined) {
+      waiters.push(use)
+      return
+    }
+    this.fetch(source, index, key, [use])
+  }
+
+  private fetch(source: BlockSource, index: number, key: string, waiters: Waiter[]): void {
+    this.inflight.set(key, waiters)
+    this.inflightBlocks++
+    const start = index * this.blockSize
+    const length = Math.min(this.blockSize, source.size - start)
+    const buffer = this.free.pop() ?? Buffer.allocUnsafeSlow(this.blockSize)
+    this.stats.deviceReads++
+    source.read(buffer, 0, length, start).then(n => {
+      if (n !== length) throw new CinderfsError('EIO', `short read from ${source.key}: ${n} of ${length} bytes at ${start}`)
+      return buffer.subarray(0, n)
+    }).then(block => {
+      this.stats.deviceBytes += block.length
+      this.settle(key, block)
+      this.lru.set(key, block)
+      this.stats.cachedBytes += this.blockSize
+    }, (err: unknown) => {
+      if (this.free.length < this.maxFree) this.free.push(buffer)
+      this.settle(key, undefined, err)
+    })
+  }
+
+  private settle(key: string, block: Buffer | undefined, err?: unknown): void {
+    const waiters = this.inflight.get(key) ?? []
+    this.inflight.delete(key)
+    this.inflightBlocks--
+    for (const waiter of waiters) waiter(block, err)
+  }
+
+  private readahead(source: BlockSource, stream: ReadStream, position: number, end: number): void {
+    const sequential = position === stream.nextPosition
+    stream.nextPosition = end
+    if (!sequential) {
+      stream.windowBlocks = 0
+      return
+    }
+    stream.windowBlocks = Math.min(this.maxWindowBlocks, Math.max(2, stream.windowBlocks * 2))
+    const from = Math.floor((end - 1) / this.blockSize) + 1
+    const to = Math.min(from + stream.windowBlocks, Math.ceil(source.size / this.blockSize))
+    for (let index = from; index < to && this.inflightBlocks < this.maxInflightBlocks; index++) {
+      const key = blockKey(source, index)
+      if (this.lru.has(key) || this.inflight.has(key)) continue
+      this.stats.prefetches++
+      this.fetch(source, index, key, [])
+    }
+  }
+}
+
+function blockKey(source: BlockSource, index: number): string {
+  return `${source.key}:${index}`
+}
+
+/** The whole allocation behind a (possibly shortened) block, for reuse. */
+function fullBlock(block: Buffer, blockSize: number): Buffer {
+  return Buffer.from(block.buffer, block.byteOffset, blockSize)
+}

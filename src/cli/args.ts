@@ -1,0 +1,83 @@
+import os from 'node:os'
+import path from 'node:path'
+import { parseArgs } from 'node:util'
+import { defaultLocalDir, defaults, validateConfig, type BackendKind, type Config } from '../config/config.js'
+import { parseSize } from '../config/sizes.js'
+import { ConfigError, errorMessage } from '../errors/errors.js'
+
+export type Command =
+  | { kind: 'help' }
+  | { kind: 'version' }
+  | { kind: 'mount', config: Config }
+  | { kind: 'unmount', mountpoint: string }
+
+const options = {
+  backend: { type: 'string' },
+  'local-dir': { type: 'string' },
+  'cache-size': { type: 'string' },
+  'block-size': { type: 'string' },
+  readahead: { type: 'string' },
+  'idle-detach': { type: 'string' },
+  'write-buffer': { type: 'string' },
+  'list-ttl': { type: 'string' },
+  'image-owner': { type: 'string' },
+  host: { type: 'string' },
+  'allow-other': { type: 'boolean' },
+  'read-only': { type: 'boolean' },
+  'log-level': { type: 'string' },
+  help: { type: 'boolean', short: 'h' },
+  version: { type: 'boolean' },
+} as const
+
+/** argv (without node and the script) → what to do. Every mistake is a ConfigError of one line. */
+export function parseCommand(argv: string[]): Command {
+  let parsed
+  try {
+    parsed = parseArgs({ args: argv, options, allowPositionals: true, strict: true })
+  } catch (err) {
+    throw new ConfigError(errorMessage(err).replace(/\. To specify.*$/s, ''))
+  }
+  const { values, positionals } = parsed
+  if (values.help === true) return { kind: 'help' }
+  if (values.version === true) return { kind: 'version' }
+  const [verb, mountpoint, ...extra] = positionals
+  if (verb === undefined) throw new ConfigError('missing command: mount or unmount (see cinderfs --help)')
+  if (verb !== 'mount' && verb !== 'unmount') throw new ConfigError(`unknown command '${verb}': use mount or unmount (see cinderfs --help)`)
+  if (mountpoint === undefined) throw new ConfigError(`${verb}: missing MOUNTPOINT`)
+  if (extra.length > 0) throw new ConfigError(`${verb}: unexpected argument '${extra[0]}'`)
+  const resolved = path.resolve(mountpoint)
+  if (verb === 'unmount') return { kind: 'unmount', mountpoint: resolved }
+
+  const backend = values.backend ?? defaults.backend
+  if (backend !== 'local' && backend !== 'cinder') throw new ConfigError(`--backend: '${backend}' is not local or cinder`)
+  const config: Config = {
+    mountpoint: resolved,
+    backend: backend satisfies BackendKind,
+    localDir: path.resolve(values['local-dir'] ?? defaultLocalDir()),
+    cacheSize: sizeOf('--cache-size', values['cache-size'], defaults.cacheSize),
+    blockSize: sizeOf('--block-size', values['block-size'], defaults.blockSize),
+    readahead: sizeOf('--readahead', values.readahead, defaults.readahead),
+    idleDetachSeconds: secondsOf('--idle-detach', values['idle-detach'], defaults.idleDetachSeconds),
+    writeBuffer: sizeOf('--write-buffer', values['write-buffer'], defaults.writeBuffer),
+    listTtlSeconds: secondsOf('--list-ttl', values['list-ttl'], defaults.listTtlSeconds),
+    allowOther: values['allow-other'] ?? false,
+    readOnly: values['read-only'] ?? false,
+    logLevel: values['log-level'] ?? defaults.logLevel,
+    imageOwner: values['image-owner'] ?? defaults.imageOwner,
+    host: values.host ?? os.hostname(),
+    uid: process.getuid?.() ?? 0,
+    gid: process.getgid?.() ?? 0,
+  }
+  return { kind: 'mount', config: validateConfig(config) }
+}
+
+function sizeOf(flag: string, text: string | undefined, fallback: number): number {
+  return text === undefined ? fallback : parseSize(flag, text)
+}
+
+function secondsOf(flag: string, text: string | undefined, fallback: number): number {
+  if (text === undefined) return fallback
+  const value = Number(text)
+  if (text.trim() === '' || !Number.isFinite(value) || value < 0) throw new ConfigError(`${flag}: '${text}' is not a number of seconds`)
+  return value
+}

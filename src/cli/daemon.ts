@@ -1,0 +1,74 @@
+import { AttachmentManager } from '../attachments/attachment-manager.js'
+import { openBackend } from '../backends/factory.js'
+import { BlockCache } from '../cache/block-cache.js'
+import type { Config } from '../config/config.js'
+import { formatSize } from '../config/sizes.js'
+import { ConnectorRegistry } from '../connectors/registry.js'
+import { errorMessage } from '../errors/errors.js'
+import { ImageFs } from '../fs/image-fs.js'
+import { fuseOperations } from '../fuse/fuse-adapter.js'
+import { mountFuse } from '../fuse/mount.js'
+import type { Logger } from '../log/logger.js'
+import { Metrics } from '../metrics/metrics.js'
+import { ImageStore } from '../store/image-store.js'
+import { removePidFile, writePidFile } from './runtime.js'
+
+/** Builds the layers, recovers, mounts, and runs until SIGINT/SIGTERM. Resolves with the exit code. */
+export async function runMount(config: Config, log: Logger): Promise<number> {
+  const backend = await openBackend(config, log)
+  const { service } = backend
+  const attachments = new AttachmentManager({
+    service, connectors: new ConnectorRegistry(backend.connectors), idleDetachMs: config.idleDetachSeconds * 1000, logger: log,
+  })
+  const cache = new BlockCache({ budgetBytes: config.cacheSize, blockSize: config.blockSize, readaheadBytes: config.readahead })
+  const store = new ImageStore({ service, logger: log, listTtlMs: config.listTtlSeconds * 1000, owner: { uid: config.uid, gid: config.gid } })
+  const fs = new ImageFs({
+    service, store, attachments, cache, logger: log, readOnly: config.readOnly, writeBuffer: config.writeBuffer,
+    imageOwner: config.imageOwner, host: config.host, uid: config.uid, gid: config.gid,
+  })
+  const metrics = new Metrics()
+  try {
+    if (!config.readOnly) await fs.recover()
+  } catch (err) {
+    await service.close()
+    throw err
+  }
+  const mount = await mountFuse(config.mountpoint, fuseOperations(fs, log, metrics), { allowOther: config.allowOther, readOnly: config.readOnly }, log)
+  await writePidFile(config.mountpoint)
+  log.info({
+    mountpoint: config.mountpoint, backend: service.kind, cacheSize: formatSize(config.cacheSize),
+    blockSize: formatSize(config.blockSize), readahead: formatSize(config.readahead), host: config.host,
+  }, 'mounted')
+
+  const report = (): void => { log.info({ metrics: metrics.snapshot(), cache: cache.stats }, 'metrics') }
+  process.on('SIGUSR2', report)
+  return new Promise<number>(resolve => {
+    let stopping = false
+    const stop = (signal: string): void => {
+      if (stopping) return
+      stopping = true
+      log.info({ signal }, 'stopping')
+      void (async () => {
+        let code = 0
+        for (const [step, work] of [
+          ['unmount', async () => mount.unmount()],
+          ['shutdown', async () => fs.shutdown()],
+          ['backend', async () => service.close()],
+          ['pidfile', async () => removePidFile(config.mountpoint)],
+        ] as const) {
+          try {
+            await work()
+          } catch (err) {
+            code = 1
+            log.error({ step, err: errorMessage(err) }, 'stop step failed')
+          }
+        }
+        report()
+        log.info({ code }, 'stopped')
+        resolve(code)
+      })()
+    }
+    process.on('SIGINT', () => stop('SIGINT'))
+    process.on('SIGTERM', () => stop('SIGTERM'))
+  })
+}

@@ -1,0 +1,71 @@
+export const usage = `NAME
+    cinderfs - Glance images in Cinder volumes, as plain files
+
+SYNOPSIS
+    cinderfs mount MOUNTPOINT [OPTIONS]
+    cinderfs unmount MOUNTPOINT
+    cinderfs --help | --version
+
+DESCRIPTION
+    cinderfs mounts a FUSE file system in which every image volume is a
+    regular file. Writing a new file creates a volume (image-<name>), streams
+    the bytes into it, and finalises it when the writer closes it: metadata
+    (glance_image_id, image_size, image_owner, md5 and sha512) is set and the
+    volume is marked read-only, as Glance's cinder store does. Reading
+    attaches the volume read-only on first use, serves it through an LRU
+    block cache with readahead, and detaches it when idle. rm deletes the
+    volume. Finalised images are immutable: writing or truncating them fails
+    with EROFS ("Read-only file system"); rename and rm still work.
+
+    mount runs in the foreground until SIGINT or SIGTERM, then fails uploads
+    still being written, detaches every volume, unmounts and exits 0.
+
+OPTIONS
+    --backend local|cinder
+        Where volumes live. local (the default) keeps them as sparse files
+        under --local-dir and needs no OpenStack.
+    --local-dir DIR
+        Directory of the local backend (default /var/lib/cinderfs/volumes as
+        root, else ~/.local/share/cinderfs/volumes).
+    --cache-size SIZE
+        Byte budget of the block cache (default 512M).
+    --block-size SIZE
+        Cache block size, the unit of device reads (default 1M; a power of
+        two from 4K to 64M).
+    --readahead SIZE
+        Largest sequential readahead window (default 16M).
+    --idle-detach SECONDS
+        Detach a volume after this long without readers (default 30).
+    --write-buffer SIZE
+        Writes held in memory while a volume grows (default 256M).
+    --list-ttl SECONDS
+        How long a volume listing is trusted (default 5).
+    --image-owner ID
+        image_owner of new images: Glance's project id (default cinderfs).
+    --host NAME
+        Host name used for attachments and recovery (default: this host's).
+    --allow-other
+        Let users other than the one who mounted use the mount.
+    --read-only
+        Refuse every change.
+    --log-level LEVEL
+        fatal, error, warn, info (default), debug, trace or silent. Logs are
+        JSON lines on stderr, pretty when stderr is a terminal.
+    -h, --help
+        This text.
+    --version
+        The version.
+
+SIZES
+    Bytes, or a number with K, M, G or T (powers of 1024): 512K, 1M, 2G.
+
+EXIT STATUS
+    0 on a clean stop, 1 on a failure while running, 2 for bad flags or
+    configuration (one line on stderr says which).
+
+EXAMPLES
+    cinderfs mount /mnt/images
+    cp cirros.img /mnt/images/8a1f3c1e-0b7e-4a4c-9d7d-3f1c2b6a9e10
+    rsync -a /var/lib/glance/images/ /mnt/images/
+    cinderfs unmount /mnt/images
+`

@@ -1,0 +1,27 @@
+import { createHash } from 'node:crypto'
+import fs from 'node:fs/promises'
+import os from 'node:os'
+import path from 'node:path'
+
+/** Where a running daemon records its pid, so `cinderfs unmount` can ask it to stop cleanly. */
+export function pidFileFor(mountpoint: string): string {
+  const dir = process.getuid?.() === 0 ? '/run/cinderfs' : path.join(os.tmpdir(), `cinderfs-${process.getuid?.() ?? 0}`)
+  const key = createHash('sha256').update(mountpoint).digest('hex').slice(0, 16)
+  return path.join(dir, `${key}.pid`)
+}
+
+export async function writePidFile(mountpoint: string): Promise<void> {
+  const file = pidFileFor(mountpoint)
+  await fs.mkdir(path.dirname(file), { recursive: true, mode: 0o700 })
+  await fs.writeFile(file, `${process.pid}\n`)
+}
+
+export async function readPidFile(mountpoint: string): Promise<number | undefined> {
+  const text = await fs.readFile(pidFileFor(mountpoint), 'utf8').catch(() => '')
+  const pid = Number.parseInt(text, 10)
+  return Number.isInteger(pid) && pid > 0 ? pid : undefined
+}
+
+export async function removePidFile(mountpoint: string): Promise<void> {
+  await fs.rm(pidFileFor(mountpoint), { force: true })
+}

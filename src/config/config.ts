@@ -1,0 +1,71 @@
+import os from 'node:os'
+import path from 'node:path'
+import { ConfigError } from '../errors/errors.js'
+
+export type BackendKind = 'local' | 'cinder'
+
+/** Everything the daemon runs with; built by the CLI, validated here. */
+export interface Config {
+  mountpoint: string
+  backend: BackendKind
+  /** Embedded local backend: where volumes live as sparse files. */
+  localDir: string
+  /** LRU block cache budget, bytes. */
+  cacheSize: number
+  /** Cache block = device read size, bytes. */
+  blockSize: number
+  /** Largest sequential readahead window, bytes. */
+  readahead: number
+  /** Detach an image volume after this long without open readers. */
+  idleDetachSeconds: number
+  /** Writes held in memory while a volume grows, bytes; the writer waits beyond it. */
+  writeBuffer: number
+  /** How long a volume listing is trusted before it is fetched again. */
+  listTtlSeconds: number
+  allowOther: boolean
+  readOnly: boolean
+  logLevel: string
+  /** `image_owner` of new images: the project that owns them (Glance's service project). */
+  imageOwner: string
+  /** Host name this daemon attaches as; recovery cleans up only what this host left. */
+  host: string
+  /** Owner and group shown for images that carry none. */
+  uid: number
+  gid: number
+}
+
+export function defaultLocalDir(): string {
+  if (process.getuid?.() === 0) return '/var/lib/cinderfs/volumes'
+  return path.join(os.homedir(), '.local', 'share', 'cinderfs', 'volumes')
+}
+
+export const defaults = {
+  backend: 'local' as BackendKind,
+  cacheSize: 512 * 1024 ** 2,
+  blockSize: 1024 ** 2,
+  readahead: 16 * 1024 ** 2,
+  idleDetachSeconds: 30,
+  writeBuffer: 256 * 1024 ** 2,
+  listTtlSeconds: 5,
+  logLevel: 'info',
+  imageOwner: 'cinderfs',
+}
+
+const logLevels = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']
+
+/** Cross-field checks; each failure is one line for the operator. */
+export function validateConfig(config: Config): Config {
+  const { blockSize, cacheSize, readahead } = config
+  if (blockSize < 4096 || blockSize > 64 * 1024 ** 2 || (blockSize & (blockSize - 1)) !== 0) {
+    throw new ConfigError(`--block-size: ${blockSize} must be a power of two from 4K to 64M`)
+  }
+  if (cacheSize < 4 * blockSize) throw new ConfigError(`--cache-size: must be at least 4 blocks (${4 * blockSize} bytes with --block-size ${blockSize})`)
+  if (readahead > cacheSize / 2) throw new ConfigError(`--readahead: must be at most half of --cache-size so readahead cannot evict what is being read`)
+  if (config.writeBuffer < 1024 ** 2) throw new ConfigError('--write-buffer: must be at least 1M')
+  if (!Number.isFinite(config.idleDetachSeconds) || config.idleDetachSeconds < 0) throw new ConfigError('--idle-detach: must be a number of seconds, 0 or more')
+  if (!Number.isFinite(config.listTtlSeconds) || config.listTtlSeconds < 0) throw new ConfigError('--list-ttl: must be a number of seconds, 0 or more')
+  if (!logLevels.includes(config.logLevel)) throw new ConfigError(`--log-level: '${config.logLevel}' is not one of ${logLevels.join(', ')}`)
+  if (config.imageOwner === '' || config.imageOwner.length > 255) throw new ConfigError('--image-owner: must be 1 to 255 characters')
+  if (config.host === '') throw new ConfigError('--host: must not be empty')
+  return config
+}

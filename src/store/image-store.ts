@@ -1,0 +1,129 @@
+import { listAll, type Volume, type VolumeService } from '../backends/volume-service.js'
+import type { Logger } from '../log/logger.js'
+import { decodeImage, isImageVolume, type ImageAttributes, type OwnerDefaults } from './metadata.js'
+import { fileNameOf } from './names.js'
+
+export interface ImageEntry {
+  name: string
+  volume: Volume
+  attrs: ImageAttributes
+}
+
+export interface ImageStoreOptions {
+  service: VolumeService
+  logger: Logger
+  listTtlMs: number
+  owner: OwnerDefaults
+}
+
+/**
+ * The namespace: file name ↔ image volume. Built from the backend's volume
+ * list, trusted for a short TTL (other hosts' changes show within it), and
+ * updated in place by our own changes. A change made while a listing is in
+ * flight wins over that listing; pinned names (our uploads) are always kept.
+ */
+export class ImageStore {
+  private entries = new Map<string, ImageEntry>()
+  private fetchedAt = Number.NEGATIVE_INFINITY
+  private refreshing: Promise<void> | undefined
+  private epoch = 0
+  private readonly touched = new Map<string, number>()
+  private readonly pinned = new Set<string>()
+  private readonly log: Logger
+
+  constructor(private readonly options: ImageStoreOptions) {
+    this.log = options.logger.child({ component: 'store' })
+  }
+
+  async lookup(name: string): Promise<ImageEntry | undefined> {
+    await this.fresh()
+    return this.entries.get(name)
+  }
+
+  async list(): Promise<ImageEntry[]> {
+    await this.fresh()
+    return [...this.entries.values()]
+  }
+
+  /** The entry as we have it, without listing. */
+  peek(name: string): ImageEntry | undefined {
+    return this.entries.get(name)
+  }
+
+  /** Every image volume in the backend, including transient ones (for recovery). */
+  async scan(): Promise<Array<{ name: string, volume: Volume, attrs: ImageAttributes }>> {
+    const out = []
+    for (const volume of await listAll(this.options.service)) {
+      const name = fileNameOf(volume.name)
+      if (name !== undefined && isImageVolume(volume)) out.push({ name, volume, attrs: decodeImage(volume, this.options.owner) })
+    }
+    return out
+  }
+
+  decode(volume: Volume): ImageAttributes {
+    return decodeImage(volume, this.options.owner)
+  }
+
+  set(entry: ImageEntry): void {
+    this.touch(entry.name)
+    this.entries.set(entry.name, entry)
+  }
+
+  remove(name: string): void {
+    this.touch(name)
+    this.entries.delete(name)
+    this.pinned.delete(name)
+  }
+
+  /** Keeps `name` as we have it across listings (an upload in progress is hidden from listings). */
+  pin(name: string): void {
+    this.pinned.add(name)
+  }
+
+  unpin(name: string): void {
+    this.pinned.delete(name)
+  }
+
+  /** Forces the next lookup to list again. */
+  invalidate(): void {
+    this.fetchedAt = Number.NEGATIVE_INFINITY
+  }
+
+  private touch(name: string): void {
+    this.touched.set(name, ++this.epoch)
+  }
+
+  private async fresh(): Promise<void> {
+    if (Date.now() - this.fetchedAt < this.options.listTtlMs) return
+    this.refreshing ??= this.refresh().finally(() => { this.refreshing = undefined })
+    await this.refreshing
+  }
+
+  private async refresh(): Promise<void> {
+    const startEpoch = this.epoch
+    const started = Date.now()
+    const listed = await this.scan()
+    const next = new Map<string, ImageEntry>()
+    for (const entry of listed) {
+      if (entry.attrs.state !== 'final') continue
+      const other = next.get(entry.name)
+      if (other === undefined || entry.attrs.generation > other.attrs.generation) next.set(entry.name, entry)
+    }
+    for (const [name, epoch] of this.touched) {
+      if (epoch <= startEpoch) continue
+      const current = this.entries.get(name)
+      if (current === undefined) next.delete(name)
+      else next.set(name, current)
+    }
+    for (const name of this.pinned) {
+      const current = this.entries.get(name)
+      if (current !== undefined) next.set(name, current)
+    }
+    for (const [name, epoch] of this.touched) {
+      if (epoch <= startEpoch) this.touched.delete(name)
+    }
+    this.entries = next
+    this.fetchedAt = started
+    this.log.debug({ images: next.size, ms: Date.now() - started }, 'listing refreshed')
+  }
+}

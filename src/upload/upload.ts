@@ -1,0 +1,329 @@
+import { setTimeout as sleep } from 'node:timers/promises'
+import type { AttachmentManager, Lease } from '../attachments/attachment-manager.js'
+import { GiB, type VolumeService } from '../backends/volume-service.js'
+import { CinderfsError, errorCode, errorMessage, fail } from '../errors/errors.js'
+import type { Logger } from '../log/logger.js'
+import { attributeMetadata, keys } from '../store/metadata.js'
+import { Hasher, type Digests } from './hasher.js'
+
+export interface UploadOptions {
+  volumeId: string
+  name: string
+  capacityGiB: number
+  lease: Lease
+  service: VolumeService
+  attachments: AttachmentManager
+  /** Bytes of writes held while the volume grows. */
+  writeBuffer: number
+  logger: Logger
+}
+
+export interface PendingAttributes {
+  mtimeNs?: bigint
+  mode?: number
+  uid?: number
+  gid?: number
+}
+
+export interface FinalImage {
+  size: number
+  digests: Digests
+  attrs: Required<PendingAttributes>
+}
+
+type State = 'open' | 'finalising' | 'final' | 'aborted'
+
+interface QueuedWrite {
+  data: Buffer
+  position: number
+}
+
+/** How long a grown device may take to show its new size (iSCSI rescans, os-brick's LP#1959913). */
+const resizeWaitMs = 20_000
+const zeroChunk = Buffer.alloc(1024 * 1024)
+
+export function ceilGiB(bytes: number): number {
+  return Math.max(1, Math.ceil(bytes / GiB))
+}
+
+/**
+ * One file being written into a fresh volume. Writes go straight to the
+ * device; a write past the volume's end starts a grow to exactly the GiB it
+ * needs and waits in a bounded in-memory queue meanwhile, so the writer does
+ * not stall on the grow and the final volume is ceil(bytes / GiB) GiB, as
+ * Cinder cannot shrink. md5 and sha512 follow in-order writes (holes hash as
+ * zeros); anything out of order is hashed by reading the device back at the end.
+ */
+export class Upload {
+  readonly volumeId: string
+  name: string
+  /** Logical file size. */
+  size = 0
+  readonly attrs: PendingAttributes = {}
+  /** Open handles that may write; finalisation waits for the last. */
+  writeHandles = 0
+  /** Set when the file was unlinked while open: its data is discarded, not finalised. */
+  discarded = false
+  private state: State = 'open'
+  private capacity: number
+  private lease: Lease
+  private readonly hasher = new Hasher()
+  private hashedUpTo = 0
+  private hashInOrder = true
+  private queue: QueuedWrite[] = []
+  private queuedBytes = 0
+  private growTargetGiB: number
+  private growing: Promise<void> | undefined
+  private failure: CinderfsError | undefined
+  private bytesWritten = 0
+  private readonly startedAt = Date.now()
+  private readonly log: Logger
+
+  constructor(private readonly options: UploadOptions) {
+    this.volumeId = options.volumeId
+    this.name = options.name
+    this.capacity = options.capacityGiB * GiB
+    this.growTargetGiB = options.capacityGiB
+    this.lease = options.lease
+    this.log = options.logger.child({ volumeId: options.volumeId, upload: options.name })
+  }
+
+  get isOpen(): boolean {
+    return this.state === 'open'
+  }
+
+  async write(data: Buffer, length: number, position: number): Promise<number> {
+    this.checkWritable()
+    const end = position + length
+    this.trackHash(data, length, position)
+    this.size = Math.max(this.size, end)
+    this.bytesWritten += length
+    if (this.queue.length > 0 || end > this.capacity) {
+      this.grow(ceilGiB(end))
+      if (this.queuedBytes + length <= this.options.writeBuffer) {
+        this.queue.push({ data: Buffer.from(data.subarray(0, length)), position })
+        this.queuedBytes += length
+        await this.hasher.ready()
+        return length
+      }
+      await this.drain()
+    }
+    await this.device().write(data, 0, length, position)
+    await this.hasher.ready()
+    return length
+  }
+
+  /** Reads what was written so far (a writer or another reader may look while it uploads). */
+  async read(target: Buffer, length: number, position: number): Promise<number> {
+    this.throwIfFailed()
+    await this.drain()
+    const end = Math.min(position + length, this.size)
+    if (end <= position) return 0
+    const n = await this.device().read(target, 0, end - position, position)
+    // Past the device's end only holes can lie (the size came from a truncate); they read as zeros.
+    if (n < end - position) target.fill(0, n, end - position)
+    return end - position
+  }
+
+  async truncate(newSize: number): Promise<void> {
+    this.checkWritable()
+    if (!Number.isSafeInteger(newSize) || newSize < 0) fail('EINVAL', `bad size ${newSize}`)
+    if (newSize > this.capacity) this.grow(ceilGiB(newSize))
+    await this.drain()
+    if (newSize < this.size) {
+      // Cinder cannot shrink: zero the cut-off bytes so a later grow reads zeros, as POSIX says.
+      await this.zero(newSize, Math.min(this.size, this.capacity))
+      if (newSize < this.hashedUpTo) this.hashInOrder = false
+    }
+    this.size = newSize
+  }
+
+  /** A size the writer announced (xattr user.cinderfs.size_hint): grow once, now, to fit it. */
+  hintSize(bytes: number): void {
+    this.checkWritable()
+    if (bytes > this.capacity) this.grow(ceilGiB(bytes))
+  }
+
+  async fsync(): Promise<void> {
+    this.throwIfFailed()
+    await this.drain()
+    await this.device().flush()
+  }
+
+  /**
+   * Flush, hash, detach, mark read-only, then write the final metadata: the
+   * last step clears the uploading mark, so a crash anywhere before it leaves
+   * a volume that recovery deletes, never one that looks complete.
+   */
+  async finalise(): Promise<FinalImage> {
+    this.checkWritable()
+    this.state = 'finalising'
+    try {
+      await this.drain()
+      if (this.failure !== undefined) throw this.failure
+      await this.device().flush()
+      const digests = await this.digest()
+      if (this.capacity > ceilGiB(this.size) * GiB) {
+        this.log.warn({ sizeGiB: this.capacity / GiB, bytes: this.size }, 'volume is larger than the image needs (it was truncated down; Cinder cannot shrink)')
+      }
+      this.lease.release()
+      await this.options.attachments.detach(this.volumeId)
+      await this.options.service.setReadOnly(this.volumeId, true)
+      const attrs: Required<PendingAttributes> = {
+        mtimeNs: this.attrs.mtimeNs ?? BigInt(Date.now()) * 1_000_000n,
+        mode: this.attrs.mode ?? 0o644,
+        uid: this.attrs.uid ?? 0,
+        gid: this.attrs.gid ?? 0,
+      }
+      await this.options.service.updateMetadata(this.volumeId, {
+        ...attributeMetadata(attrs),
+        [keys.imageSize]: String(this.size),
+        [keys.md5]: digests.md5,
+        [keys.sha512]: digests.sha512,
+        [keys.state]: null,
+        [keys.host]: null,
+      })
+      this.state = 'final'
+      const seconds = Math.max(0.001, (Date.now() - this.startedAt) / 1000)
+      this.log.info({ bytes: this.size, written: this.bytesWritten, seconds, mbPerSecond: Math.round(this.bytesWritten / seconds / 1e5) / 10, md5: digests.md5 }, 'upload finished')
+      return { size: this.size, digests, attrs }
+    } catch (err) {
+      this.state = 'open'
+      const failure = asFailure(err, 'finalisation failed')
+      this.failure = failure
+      this.log.error({ err: failure.message, errno: failure.code }, 'upload failed at finalisation')
+      throw failure
+    } finally {
+      if (this.state === 'final') await this.hasher.close()
+    }
+  }
+
+  /** Gives up: detaches and deletes the volume. Never throws; logs what it could not clean. */
+  async abort(reason: string): Promise<void> {
+    if (this.state === 'aborted' || this.state === 'final') return
+    this.state = 'aborted'
+    this.failure ??= new CinderfsError('EIO', `upload aborted: ${reason}`)
+    this.queue = []
+    this.queuedBytes = 0
+    await this.growing?.catch(() => undefined)
+    this.log.warn({ reason }, 'upload aborted; deleting its volume')
+    await this.hasher.close()
+    try {
+      this.lease.release()
+      await this.options.attachments.detach(this.volumeId)
+      await this.options.service.delete(this.volumeId)
+    } catch (err) {
+      this.log.error({ err: errorMessage(err), errno: errorCode(err) }, 'cleanup of aborted upload failed; recovery at next start will retry')
+    }
+  }
+
+  private device() {
+    return this.lease.device
+  }
+
+  throwIfFailed(): void {
+    if (this.failure !== undefined) throw this.failure
+  }
+
+  private checkWritable(): void {
+    this.throwIfFailed()
+    if (this.state !== 'open') fail('EROFS', `${this.name} is finalised and read-only`, { volumeId: this.volumeId })
+  }
+
+  private trackHash(data: Buffer, length: number, position: number): void {
+    if (!this.hashInOrder) return
+    if (position < this.hashedUpTo) {
+      this.hashInOrder = false
+      this.log.debug({ position, hashedUpTo: this.hashedUpTo }, 'out-of-order write; hashes will be computed by reading back')
+      return
+    }
+    this.hasher.zeros(position - this.hashedUpTo)
+    this.hasher.update(data, length)
+    this.hashedUpTo = position + length
+  }
+
+  private async digest(): Promise<Digests> {
+    if (this.hashInOrder) {
+      if (this.size < this.hashedUpTo) this.hashInOrder = false
+      else {
+        this.hasher.zeros(this.size - this.hashedUpTo)
+        return this.hasher.digest()
+      }
+    }
+    const hasher = new Hasher()
+    try {
+      const buffer = Buffer.allocUnsafeSlow(4 * 1024 * 1024)
+      for (let position = 0; position < this.size; position += buffer.length) {
+        const length = Math.min(buffer.length, this.size - position)
+        const n = await this.read(buffer, length, position)
+        hasher.update(buffer, n)
+        await hasher.ready()
+      }
+      return await hasher.digest()
+    } finally {
+      await hasher.close()
+    }
+  }
+
+  private grow(targetGiB: number): void {
+    this.growTargetGiB = Math.max(this.growTargetGiB, targetGiB)
+    this.growing ??= this.runGrow().finally(() => { this.growing = undefined })
+  }
+
+  private async runGrow(): Promise<void> {
+    try {
+      while (this.capacity < this.growTargetGiB * GiB) await this.extendTo(this.growTargetGiB)
+      while (this.queue.length > 0) {
+        const next = this.queue.shift()
+        if (next === undefined) break
+        await this.device().write(next.data, 0, next.data.length, next.position)
+        this.queuedBytes -= next.data.length
+      }
+    } catch (err) {
+      this.failure = asFailure(err, 'growing the volume failed')
+      this.queue = []
+      this.queuedBytes = 0
+      this.log.error({ err: this.failure.message, errno: this.failure.code, targetGiB: this.growTargetGiB }, 'grow failed; the upload fails')
+    }
+  }
+
+  private async extendTo(sizeGiB: number): Promise<void> {
+    const started = Date.now()
+    try {
+      await this.options.service.extend(this.volumeId, sizeGiB, true)
+    } catch (err) {
+      if (errorCode(err) !== 'ENOTSUP') throw err
+      // No online extend (Cinder before 3.42): detach, extend, attach again.
+      this.lease.release()
+      await this.options.attachments.detach(this.volumeId)
+      await this.options.service.extend(this.volumeId, sizeGiB, false)
+      this.lease = await this.options.attachments.acquire(this.volumeId, 'rw')
+    }
+    const wanted = sizeGiB * GiB
+    while (await this.device().refreshSize() < wanted) {
+      if (Date.now() - started > resizeWaitMs) fail('EIO', `device ${this.device().path} did not grow to ${sizeGiB} GiB within ${resizeWaitMs / 1000} s`)
+      await sleep(100)
+    }
+    this.capacity = wanted
+    this.log.info({ sizeGiB, ms: Date.now() - started }, 'volume grown')
+  }
+
+  /** Waits for any grow and for queued writes to reach the device. */
+  private async drain(): Promise<void> {
+    while (this.growing !== undefined) await this.growing
+    if (this.failure !== undefined) throw this.failure
+  }
+
+  private async zero(from: number, to: number): Promise<void> {
+    for (let position = from; position < to; position += zeroChunk.length) {
+      await this.device().write(zeroChunk, 0, Math.min(zeroChunk.length, to - position), position)
+    }
+  }
+}
+
+function asFailure(err: unknown, context: string): CinderfsError {
+  if (err instanceof CinderfsError) return err
+  const code = errorCode(err)
+  const known = code === 'ENOSPC' || code === 'EDQUOT' || code === 'EIO' || code === 'EROFS' || code === 'EFBIG' ? code : 'EIO'
+  return new CinderfsError(known, `${context}: ${errorMessage(err)}`, {}, { cause: err })
+}
