@@ -1,5 +1,6 @@
-import { randomUUID } from 'node:crypto'
+import { createHash, randomUUID } from 'node:crypto'
 import fs from 'node:fs/promises'
+import os from 'node:os'
 import path from 'node:path'
 import { CinderfsError, fail } from '../errors/errors.js'
 import type { Logger } from '../log/logger.js'
@@ -26,7 +27,6 @@ interface VolumeRecord {
   readOnly: boolean
   createdAt: string
   updatedAt: string
-  attachments: AttachmentRecord[]
 }
 
 export interface LocalBackendOptions {
@@ -48,6 +48,12 @@ const nameLimit = 255
 export class LocalVolumeService implements VolumeService {
   readonly kind = 'local'
   private readonly dir: string
+  /**
+   * Attachments are per-boot state (loop devices do not survive a reboot), so
+   * they live under /run, not beside the volumes: a detach must still work
+   * when the volume directory's disk is full.
+   */
+  private readonly runDir: string
   private readonly host: string
   private readonly useLoopDevices: boolean
   private readonly log: Logger
@@ -56,6 +62,7 @@ export class LocalVolumeService implements VolumeService {
 
   constructor(options: LocalBackendOptions) {
     this.dir = options.dir
+    this.runDir = runtimeDirFor(options.dir)
     this.host = options.host
     this.useLoopDevices = options.useLoopDevices
     this.log = options.logger.child({ backend: 'local' })
@@ -64,6 +71,7 @@ export class LocalVolumeService implements VolumeService {
   /** Creates the directory and takes it for this process (one daemon per directory). */
   static async open(options: LocalBackendOptions): Promise<LocalVolumeService> {
     await fs.mkdir(options.dir, { recursive: true, mode: 0o700 })
+    await fs.mkdir(runtimeDirFor(options.dir), { recursive: true, mode: 0o700 })
     const service = new LocalVolumeService(options)
     await service.takeDirectory()
     return service
@@ -85,7 +93,7 @@ export class LocalVolumeService implements VolumeService {
     const now = new Date().toISOString()
     const record: VolumeRecord = {
       id, name: request.name, sizeGiB: request.sizeGiB, metadata: { ...request.metadata },
-      readOnly: false, createdAt: now, updatedAt: now, attachments: [],
+      readOnly: false, createdAt: now, updatedAt: now,
     }
     const handle = await fs.open(this.imagePath(id), 'wx', 0o600)
     try {
@@ -93,13 +101,18 @@ export class LocalVolumeService implements VolumeService {
     } finally {
       await handle.close()
     }
-    await this.save(record)
+    try {
+      await this.save(record)
+    } catch (err) {
+      await fs.rm(this.imagePath(id), { force: true })
+      throw err
+    }
     this.log.info({ volumeId: id, name: request.name, sizeGiB: request.sizeGiB }, 'volume created')
-    return toVolume(record)
+    return toVolume(record, [])
   }
 
   async get(volumeId: string): Promise<Volume> {
-    return toVolume(await this.load(volumeId))
+    return this.volumeOf(await this.load(volumeId))
   }
 
   async list(options: ListOptions = {}): Promise<VolumePage> {
@@ -114,8 +127,9 @@ export class LocalVolumeService implements VolumeService {
     const limit = options.limit ?? 1000
     const page = records.slice(start, start + limit)
     const last = page.at(-1)
+    const volumes = await Promise.all(page.map(async r => this.volumeOf(r)))
     const more = start + limit < records.length && last !== undefined
-    return more ? { volumes: page.map(toVolume), next: last.id } : { volumes: page.map(toVolume) }
+    return more ? { volumes, next: last.id } : { volumes }
   }
 
   async rename(volumeId: string, name: string): Promise<void> {
@@ -133,9 +147,9 @@ export class LocalVolumeService implements VolumeService {
   }
 
   async setReadOnly(volumeId: string, readOnly: boolean): Promise<void> {
-    await this.update(volumeId, record => {
+    await this.update(volumeId, async record => {
       // Cinder allows the flag only on a detached volume; keep the same rule.
-      if (record.attachments.length > 0) fail('EBUSY', `volume ${volumeId} is attached; the read-only flag can only change while it is available`)
+      if ((await this.attachmentsOf(volumeId)).length > 0) fail('EBUSY', `volume ${volumeId} is attached; the read-only flag can only change while it is available`)
       record.readOnly = readOnly
     })
   }
@@ -145,8 +159,8 @@ export class LocalVolumeService implements VolumeService {
       if (!Number.isInteger(newSizeGiB) || newSizeGiB <= r.sizeGiB) fail('EINVAL', `new size ${newSizeGiB} GiB must be larger than ${r.sizeGiB} GiB`)
       r.sizeGiB = newSizeGiB
     })
-    await fs.truncate(this.imagePath(volumeId), newSizeGiB * GiB)
-    for (const attachment of record.attachments) {
+    await fs.truncate(this.imagePath(record.id), newSizeGiB * GiB)
+    for (const attachment of await this.attachmentsOf(volumeId)) {
       if (attachment.loop) await refreshLoopCapacity(attachment.devicePath)
     }
     this.log.info({ volumeId, sizeGiB: newSizeGiB }, 'volume extended')
@@ -154,8 +168,9 @@ export class LocalVolumeService implements VolumeService {
 
   async delete(volumeId: string): Promise<void> {
     await this.withLock(volumeId, async () => {
-      const record = await this.load(volumeId)
-      if (record.attachments.length > 0) fail('EBUSY', `volume ${volumeId} is attached and cannot be deleted`)
+      await this.load(volumeId)
+      if ((await this.attachmentsOf(volumeId)).length > 0) fail('EBUSY', `volume ${volumeId} is attached and cannot be deleted`)
+      // Data first: on a full disk this is what frees the space.
       await fs.rm(this.imagePath(volumeId), { force: true })
       await fs.rm(this.recordPath(volumeId), { force: true })
     })
@@ -163,45 +178,51 @@ export class LocalVolumeService implements VolumeService {
   }
 
   async attach(volumeId: string, requested: AttachMode): Promise<Attachment> {
-    let attachment: AttachmentRecord | undefined
-    await this.update(volumeId, async record => {
+    const attachment = await this.withLock(volumeId, async () => {
+      const record = await this.load(volumeId)
       // As in Cinder, a read-only volume attaches read-only whatever was asked.
       const mode: AttachMode = record.readOnly ? 'ro' : requested
       const file = this.imagePath(volumeId)
       const devicePath = this.useLoopDevices ? await attachLoop(file, mode === 'ro') : file
-      attachment = { id: randomUUID(), mode, host: this.host, devicePath, loop: this.useLoopDevices }
-      record.attachments.push(attachment)
+      const added: AttachmentRecord = { id: randomUUID(), mode, host: this.host, devicePath, loop: this.useLoopDevices }
+      try {
+        await this.saveAttachments(volumeId, [...await this.attachmentsOf(volumeId), added])
+      } catch (err) {
+        if (added.loop) await detachLoop(devicePath)
+        throw err
+      }
+      return added
     })
-    if (attachment === undefined) fail('EIO', `attach of ${volumeId} did not complete`)
     this.log.info({ volumeId, attachmentId: attachment.id, mode: attachment.mode, device: attachment.devicePath }, 'volume attached')
     return this.toAttachment(volumeId, attachment)
   }
 
   async detach(attachment: Attachment): Promise<void> {
-    await this.update(attachment.volumeId, async record => {
-      const found = record.attachments.find(a => a.id === attachment.id)
+    await this.withLock(attachment.volumeId, async () => {
+      const all = await this.attachmentsOf(attachment.volumeId)
+      const found = all.find(a => a.id === attachment.id)
       if (found === undefined) return
       if (found.loop) await detachLoop(found.devicePath)
-      record.attachments = record.attachments.filter(a => a !== found)
+      await this.saveAttachments(attachment.volumeId, all.filter(a => a !== found))
     })
     this.log.info({ volumeId: attachment.volumeId, attachmentId: attachment.id }, 'volume detached')
   }
 
   async listOwnAttachments(): Promise<Attachment[]> {
     const own: Attachment[] = []
-    let marker: string | undefined
-    do {
-      const page = await this.list(marker === undefined ? {} : { marker })
-      for (const volume of page.volumes) {
-        const record = await this.load(volume.id).catch(ignoreMissing)
-        for (const a of record?.attachments ?? []) {
-          if (a.host === this.host) own.push(this.toAttachment(volume.id, a))
-        }
-        // A loop device can outlive its record after a crash between losetup and save.
-        if (this.useLoopDevices && record !== undefined) await this.detachUnrecordedLoops(record)
+    for (const entry of await fs.readdir(this.runDir)) {
+      if (!entry.endsWith('.json')) continue
+      const volumeId = entry.slice(0, -'.json'.length)
+      for (const a of await this.attachmentsOf(volumeId)) {
+        if (a.host === this.host) own.push(this.toAttachment(volumeId, a))
       }
-      marker = page.next
-    } while (marker !== undefined)
+    }
+    // A loop device can outlive its record after a crash between losetup and saving the record.
+    if (this.useLoopDevices) {
+      for (const entry of await fs.readdir(this.dir)) {
+        if (entry.endsWith('.img')) await this.detachUnrecordedLoops(entry.slice(0, -'.img'.length))
+      }
+    }
     return own
   }
 
@@ -214,13 +235,34 @@ export class LocalVolumeService implements VolumeService {
     await fs.rm(path.join(this.dir, 'cinderfs.pid'), { force: true })
   }
 
-  private async detachUnrecordedLoops(record: VolumeRecord): Promise<void> {
-    const known = new Set(record.attachments.map(a => a.devicePath))
-    for (const device of await loopsBackedBy(this.imagePath(record.id))) {
+  private async detachUnrecordedLoops(volumeId: string): Promise<void> {
+    const known = new Set((await this.attachmentsOf(volumeId)).map(a => a.devicePath))
+    for (const device of await loopsBackedBy(this.imagePath(volumeId))) {
       if (known.has(device)) continue
-      this.log.warn({ volumeId: record.id, device }, 'detaching a loop device with no attachment record')
+      this.log.warn({ volumeId, device }, 'detaching a loop device with no attachment record')
       await detachLoop(device)
     }
+  }
+
+  private async volumeOf(record: VolumeRecord): Promise<Volume> {
+    return toVolume(record, await this.attachmentsOf(record.id))
+  }
+
+  private attachmentsPath(id: string): string {
+    return path.join(this.runDir, `${checkId(id)}.json`)
+  }
+
+  private async attachmentsOf(id: string): Promise<AttachmentRecord[]> {
+    const text = await fs.readFile(this.attachmentsPath(id), 'utf8').catch((err: unknown) => {
+      if (isMissing(err)) return '[]'
+      throw err
+    })
+    return JSON.parse(text) as AttachmentRecord[]
+  }
+
+  private async saveAttachments(id: string, attachments: AttachmentRecord[]): Promise<void> {
+    if (attachments.length === 0) await fs.rm(this.attachmentsPath(id), { force: true })
+    else await writeAtomically(this.attachmentsPath(id), JSON.stringify(attachments))
   }
 
   private toAttachment(volumeId: string, a: AttachmentRecord): Attachment {
@@ -249,18 +291,8 @@ export class LocalVolumeService implements VolumeService {
     return JSON.parse(text) as VolumeRecord
   }
 
-  /** Write-then-rename, so a crash leaves the old record or the new one, never half of one. */
   private async save(record: VolumeRecord): Promise<void> {
-    const target = this.recordPath(record.id)
-    const temp = `${target}.tmp`
-    const handle = await fs.open(temp, 'w', 0o600)
-    try {
-      await handle.writeFile(JSON.stringify(record))
-      await handle.datasync()
-    } finally {
-      await handle.close()
-    }
-    await fs.rename(temp, target)
+    await writeAtomically(this.recordPath(record.id), JSON.stringify(record))
   }
 
   private async update(id: string, change: (record: VolumeRecord) => void | Promise<void>): Promise<VolumeRecord> {
@@ -283,12 +315,35 @@ export class LocalVolumeService implements VolumeService {
   }
 }
 
-function toVolume(record: VolumeRecord): Volume {
+/** Write-then-rename, so a crash leaves the old record or the new one, never half of one. */
+async function writeAtomically(target: string, text: string): Promise<void> {
+  const temp = `${target}.tmp`
+  try {
+    const handle = await fs.open(temp, 'w', 0o600)
+    try {
+      await handle.writeFile(text)
+      await handle.datasync()
+    } finally {
+      await handle.close()
+    }
+    await fs.rename(temp, target)
+  } catch (err) {
+    await fs.rm(temp, { force: true })
+    throw err
+  }
+}
+
+function runtimeDirFor(dir: string): string {
+  const base = process.getuid?.() === 0 ? '/run/cinderfs' : path.join(os.tmpdir(), `cinderfs-${process.getuid?.() ?? 0}`)
+  return path.join(base, `local-${createHash('sha256').update(path.resolve(dir)).digest('hex').slice(0, 16)}`)
+}
+
+function toVolume(record: VolumeRecord, attachments: AttachmentRecord[]): Volume {
   return {
     id: record.id,
     name: record.name,
     sizeGiB: record.sizeGiB,
-    status: record.attachments.length > 0 ? 'in-use' : 'available',
+    status: attachments.length > 0 ? 'in-use' : 'available',
     metadata: { ...record.metadata },
     readOnly: record.readOnly,
     multiattach: true,

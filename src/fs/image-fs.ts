@@ -107,22 +107,23 @@ export class ImageFs {
     const handle = this.handles.get(fh)
     const upload = handle.upload
     if (!handle.writable || upload === undefined) fail('EBADF', `handle ${fh} is not open for writing`)
+    if (!upload.isOpen) await this.reopen(upload)
     handle.dirty = true
     return upload.write(data, length, position)
   }
 
   /**
    * close(2) of a writer lands here, and errors here reach the writer (those
-   * of release never do). So the upload is finalised here when this handle
-   * wrote and is the last writer. A flush without writes (a shell's dup2 and
-   * close before the command writes) finalises nothing.
+   * of release never do). So the upload is finalised here when this is the
+   * last handle that can write. If that close was only of a dup (a shell's
+   * dup2 and close before the command writes), a later write reopens it.
    */
   async flush(fh: number): Promise<void> {
     const handle = this.handles.get(fh)
     const upload = handle.upload
     if (!handle.writable || upload === undefined || upload.discarded) return
     upload.throwIfFailed()
-    if (!handle.dirty || upload.writeHandles > 1 || !upload.isOpen) return
+    if (upload.writeHandles > 1 || !upload.isOpen) return
     handle.dirty = false
     await this.finalise(upload)
   }
@@ -139,7 +140,9 @@ export class ImageFs {
     const upload = handle.upload
     if (!handle.writable || upload === undefined) return
     upload.writeHandles--
-    if (upload.writeHandles > 0 || !upload.isOpen) return
+    if (upload.writeHandles > 0) return
+    this.uploads.delete(upload.volumeId)
+    if (!upload.isOpen) return
     if (upload.discarded) {
       await this.dropUpload(upload, 'unlinked while open')
       return
@@ -354,7 +357,7 @@ export class ImageFs {
     }
     const upload = new Upload({
       volumeId: volume.id, name, capacityGiB: volume.sizeGiB, lease, service: this.o.service,
-      attachments: this.o.attachments, writeBuffer: this.o.writeBuffer, logger: this.o.logger,
+      attachments: this.o.attachments, writeBuffer: this.o.writeBuffer, host: this.o.host, logger: this.o.logger,
     })
     upload.attrs.mode = mode
     this.uploads.set(volume.id, upload)
@@ -367,9 +370,16 @@ export class ImageFs {
   private async finalise(upload: Upload): Promise<void> {
     await upload.finalise()
     const volume = await this.o.service.get(upload.volumeId)
-    this.uploads.delete(upload.volumeId)
     this.o.store.unpin(upload.name)
     this.o.store.set({ name: upload.name, volume, attrs: this.o.store.decode(volume) })
+  }
+
+  private async reopen(upload: Upload): Promise<void> {
+    this.o.cache.forget(upload.volumeId)
+    await upload.reopen()
+    const volume = await this.o.service.get(upload.volumeId)
+    this.o.store.set({ name: upload.name, volume, attrs: this.o.store.decode(volume) })
+    this.o.store.pin(upload.name)
   }
 
   private async dropUpload(upload: Upload, reason: string): Promise<void> {

@@ -15,6 +15,8 @@ export interface UploadOptions {
   attachments: AttachmentManager
   /** Bytes of writes held while the volume grows. */
   writeBuffer: number
+  /** Recorded while uploading, so recovery on this host knows the volume is its own. */
+  host: string
   logger: Logger
 }
 
@@ -38,6 +40,10 @@ interface QueuedWrite {
   position: number
 }
 
+/** Written bytes between background flushes: a full backend then stops the writer early, not at close. */
+const checkpointBytes = 256 * 1024 * 1024
+/** Below this much free space an I/O error from the device is taken to mean the backend is full. */
+const lowSpaceBytes = 64 * 1024 * 1024
 /** How long a grown device may take to show its new size (iSCSI rescans, os-brick's LP#1959913). */
 const resizeWaitMs = 20_000
 const zeroChunk = Buffer.alloc(1024 * 1024)
@@ -67,7 +73,7 @@ export class Upload {
   private state: State = 'open'
   private capacity: number
   private lease: Lease
-  private readonly hasher = new Hasher()
+  private hasher = new Hasher()
   private hashedUpTo = 0
   private hashInOrder = true
   private queue: QueuedWrite[] = []
@@ -76,6 +82,8 @@ export class Upload {
   private growing: Promise<void> | undefined
   private failure: CinderfsError | undefined
   private bytesWritten = 0
+  private sinceCheckpoint = 0
+  private checkpointing: Promise<void> | undefined
   private readonly startedAt = Date.now()
   private readonly log: Logger
 
@@ -90,6 +98,24 @@ export class Upload {
 
   get isOpen(): boolean {
     return this.state === 'open'
+  }
+
+  /**
+   * A finalisation is provisional while a handle that can write is still
+   * open: a shell's `cmd > file` closes a dup of the file (flush) before cmd
+   * writes. A write then reopens the volume for writing; the next last flush
+   * finalises again. Hashes come from reading back unless nothing was written.
+   */
+  async reopen(): Promise<void> {
+    if (this.state !== 'final') fail('EROFS', `${this.name} is not reopenable`)
+    await this.options.service.setReadOnly(this.volumeId, false)
+    await this.options.service.updateMetadata(this.volumeId, { [keys.state]: 'uploading', [keys.host]: this.options.host })
+    this.lease = await this.options.attachments.acquire(this.volumeId, 'rw')
+    this.hasher = new Hasher()
+    this.hashInOrder = this.size === 0
+    this.hashedUpTo = 0
+    this.state = 'open'
+    this.log.info({ bytes: this.size }, 'finalised image reopened by a writer that still had it open')
   }
 
   async write(data: Buffer, length: number, position: number): Promise<number> {
@@ -108,8 +134,9 @@ export class Upload {
       }
       await this.drain()
     }
-    await this.device().write(data, 0, length, position)
+    await this.deviceWrite(data, length, position)
     await this.hasher.ready()
+    this.checkpoint(length)
     return length
   }
 
@@ -147,7 +174,7 @@ export class Upload {
   async fsync(): Promise<void> {
     this.throwIfFailed()
     await this.drain()
-    await this.device().flush()
+    await this.deviceFlush()
   }
 
   /**
@@ -160,8 +187,9 @@ export class Upload {
     this.state = 'finalising'
     try {
       await this.drain()
+      await this.checkpointing
       if (this.failure !== undefined) throw this.failure
-      await this.device().flush()
+      await this.deviceFlush()
       const digests = await this.digest()
       if (this.capacity > ceilGiB(this.size) * GiB) {
         this.log.warn({ sizeGiB: this.capacity / GiB, bytes: this.size }, 'volume is larger than the image needs (it was truncated down; Cinder cannot shrink)')
@@ -276,7 +304,7 @@ export class Upload {
       while (this.queue.length > 0) {
         const next = this.queue.shift()
         if (next === undefined) break
-        await this.device().write(next.data, 0, next.data.length, next.position)
+        await this.deviceWrite(next.data, next.data.length, next.position)
         this.queuedBytes -= next.data.length
       }
     } catch (err) {
@@ -316,8 +344,48 @@ export class Upload {
 
   private async zero(from: number, to: number): Promise<void> {
     for (let position = from; position < to; position += zeroChunk.length) {
-      await this.device().write(zeroChunk, 0, Math.min(zeroChunk.length, to - position), position)
+      await this.deviceWrite(zeroChunk, Math.min(zeroChunk.length, to - position), position)
     }
+  }
+
+  private async deviceWrite(data: Buffer, length: number, position: number): Promise<void> {
+    try {
+      await this.device().write(data, 0, length, position)
+    } catch (err) {
+      throw await this.explain(err)
+    }
+  }
+
+  private async deviceFlush(): Promise<void> {
+    try {
+      await this.device().flush()
+    } catch (err) {
+      throw await this.explain(err)
+    }
+  }
+
+  /** Starts a background flush every checkpointBytes; its failure fails the next write. */
+  private checkpoint(length: number): void {
+    this.sinceCheckpoint += length
+    if (this.sinceCheckpoint < checkpointBytes || this.checkpointing !== undefined) return
+    this.sinceCheckpoint = 0
+    this.checkpointing = this.deviceFlush().catch((err: unknown) => {
+      this.failure ??= asFailure(err, 'flushing the device failed')
+      this.log.error({ err: this.failure.message, errno: this.failure.code }, 'device flush failed; the upload fails')
+    }).finally(() => { this.checkpointing = undefined })
+  }
+
+  /**
+   * Block devices report a full thin backend (a loop file on a full disk, a
+   * full thin pool) as EIO. When the backend says it is out of space, tell
+   * the writer ENOSPC, which is what happened.
+   */
+  private async explain(err: unknown): Promise<CinderfsError> {
+    const failure = asFailure(err, `I/O on ${this.device().path} failed`)
+    if (failure.code !== 'EIO') return failure
+    const capacity = await this.options.service.capacity().catch(() => undefined)
+    if (capacity === undefined || capacity.freeBytes >= lowSpaceBytes) return failure
+    return new CinderfsError('ENOSPC', `the backend is out of space (${capacity.freeBytes} bytes free): ${failure.message}`, { volumeId: this.volumeId }, { cause: err })
   }
 }
 
