@@ -42,16 +42,19 @@ export class ImageFs {
   private readonly uploads = new Map<string, Upload>()
   /** libfuse2's `.fuse_hidden…` names for open files that were unlinked or replaced. */
   private readonly hidden = new Map<string, ImageEntry>()
-  private readonly mountedAt = Date.now()
+  /** The root has no volume: its attributes (rsync -a sets them) live in memory for the mount's life. */
+  private readonly root: { mtimeMs: number, mode: number, uid: number, gid: number }
   private readonly log: Logger
 
   constructor(private readonly o: ImageFsOptions) {
     this.log = o.logger.child({ component: 'fs' })
+    this.root = { mtimeMs: Date.now(), mode: 0o755, uid: o.uid, gid: o.gid }
   }
 
   async getattr(path: string): Promise<FileStat> {
     if (path === '/') {
-      return { mode: constants.S_IFDIR | 0o755, uid: this.o.uid, gid: this.o.gid, size: 4096, nlink: 2, blocks: 8, blksize: ioSize, mtimeMs: this.mountedAt }
+      const r = this.root
+      return { mode: constants.S_IFDIR | r.mode, uid: r.uid, gid: r.gid, size: 4096, nlink: 2, blocks: 8, blksize: ioSize, mtimeMs: r.mtimeMs }
     }
     return this.statOf(await this.resolve(path))
   }
@@ -61,7 +64,7 @@ export class ImageFs {
       await this.resolve(path)
       fail('ENOTDIR', `${path} is not a directory`)
     }
-    return (await this.o.store.list()).map(entry => entry.name)
+    return ['.', '..', ...(await this.o.store.list()).map(entry => entry.name)]
   }
 
   async create(path: string, mode: number): Promise<number> {
@@ -405,6 +408,11 @@ export class ImageFs {
 
   private async setAttributes(path: string, changes: PendingAttributes): Promise<void> {
     this.checkWritableMount('set attributes of', path)
+    if (path === '/') {
+      const { mtimeNs, ...rest } = changes
+      Object.assign(this.root, rest, mtimeNs === undefined ? {} : { mtimeMs: Number(mtimeNs / 1_000_000n) })
+      return
+    }
     const entry = await this.resolve(path)
     const upload = this.uploads.get(entry.volume.id)
     if (upload !== undefined && upload.isOpen) {
