@@ -125,10 +125,16 @@ export class ImageFs {
     const handle = this.handles.get(fh)
     const upload = handle.upload
     if (!handle.writable || upload === undefined || upload.discarded) return
-    upload.throwIfFailed()
-    if (upload.writeHandles > 1 || !upload.isOpen) return
-    handle.dirty = false
-    await this.finalise(upload)
+    try {
+      upload.throwIfFailed()
+      if (upload.writeHandles > 1 || !upload.isOpen) return
+      handle.dirty = false
+      await this.finalise(upload)
+    } catch (err) {
+      // The upload is lost: clean up before the writer's close returns, so nothing is left when cp exits.
+      await this.dropUpload(upload, errorMessage(err))
+      throw err
+    }
   }
 
   async fsync(fh: number): Promise<void> {
