@@ -1,0 +1,163 @@
+import fs from 'node:fs/promises'
+import t, { type Test } from 'tap'
+import { CinderVolumeService } from '../../src/backends/cinder.js'
+import type { AttachMode } from '../../src/backends/volume-service.js'
+import type { CinderClient } from '../../src/openstack/cinder.js'
+import { formatMicroversion } from '../../src/openstack/microversion.js'
+import { adminCinder, capturingLogger, cloudSettings, CLOUDS, needsOpenStack, rigLoopDevices, testName, useOpenStack, type AdminCinder } from '../helpers/openstack.js'
+
+const skip = needsOpenStack()
+let admin: AdminCinder
+if (skip === false) {
+  t.before(async () => {
+    await useOpenStack(t)
+    admin = await adminCinder()
+  })
+  t.teardown(() => { admin.close() })
+}
+
+async function cinder(t: Test, options: { cloud?: string, maxMicroversion?: string } = {}): Promise<{ client: CinderClient, lines: string[] }> {
+  const { logger, lines } = capturingLogger()
+  const service = new CinderVolumeService({
+    settings: cloudSettings(options.cloud ?? CLOUDS.glance, options.maxMicroversion === undefined ? {} : { maxMicroversion: options.maxMicroversion }),
+    logger,
+    host: 'cinderfs-test-host',
+  })
+  t.teardown(() => service.close())
+  return { client: await service.client(), lines }
+}
+
+async function newVolume(t: Test, client: CinderClient, what: string, volumeType?: string): Promise<string> {
+  const created = await client.createVolume({ name: testName(what), size: 1, metadata: {}, ...(volumeType === undefined ? {} : { volumeType }) })
+  t.teardown(async () => {
+    try {
+      await client.deleteVolume(created.id)
+    } catch (err) {
+      if ((err as { code?: string }).code !== 'ENOENT') throw err
+    }
+  })
+  await client.waitForStatus(created.id, ['creating'], 'available')
+  return created.id
+}
+
+/** Writes `text` at offset 0 of the device, as the data path would. */
+async function writeDevice(device: string, text: string): Promise<void> {
+  const handle = await fs.open(device, 'r+')
+  try {
+    await handle.write(Buffer.from(text), 0, text.length, 0)
+    await handle.datasync()
+  } finally {
+    await handle.close()
+  }
+}
+
+async function readDevice(device: string, length: number): Promise<string> {
+  const handle = await fs.open(device, 'r')
+  try {
+    const buffer = Buffer.alloc(length)
+    await handle.read(buffer, 0, length, 0)
+    return buffer.toString()
+  } finally {
+    await handle.close()
+  }
+}
+
+function devicePath(info: { data: Record<string, unknown> }): string {
+  const path = info.data.device_path
+  if (typeof path !== 'string') throw new Error('no device_path in connection_info')
+  return path
+}
+
+t.test('negotiates the newest common microversion, or stays at a forced maximum', { skip }, async t => {
+  const { client, lines } = await cinder(t)
+  t.equal(formatMicroversion(client.microversion), '3.54', 'what the client knows, below the server maximum')
+  t.ok(lines.some(l => l.includes('"serverMax":"3.70"')), 'the server maximum is logged')
+  for (const forced of ['3.0', '3.27', '3.42']) {
+    t.equal(formatMicroversion((await cinder(t, { maxMicroversion: forced })).client.microversion), forced, `forced ${forced}`)
+  }
+})
+
+const flows: [string, string][] = [['3.0', 'legacy actions'], ['3.27', 'legacy actions (3.27 has no attachment mode)'], ['3.54', 'attachments API']]
+for (const [microversion, how] of flows) {
+  t.test(`at ${microversion}, attach rw, write, detach, then a read-only volume attaches ro, through the ${how}`, { skip }, async t => {
+    const { client } = await cinder(t, { maxMicroversion: microversion })
+    const volumeId = await newVolume(t, client, `flow-${microversion}`)
+    const rw = await client.attach(volumeId, 'rw')
+    t.equal(rw.mode, 'rw')
+    t.equal(rw.connectionInfo.driverVolumeType, 'local')
+    const device = devicePath(rw.connectionInfo)
+    t.ok((await fs.stat(device)).isBlockDevice(), `${device} is a block device`)
+    t.equal((await client.showVolume(volumeId)).status, 'in-use')
+    t.same((await client.ownAttachments()).map(a => a.id), [rw.id], 'listed as this host\'s attachment')
+    await writeDevice(device, `written at ${microversion}`)
+    await client.detach(rw)
+    t.equal((await client.showVolume(volumeId)).status, 'available', 'available again after detach')
+    t.same(rigLoopDevices(), [], 'the loop device is gone')
+
+    await client.setReadOnlyFlag(volumeId, true)
+    const ro = await client.attach(volumeId, 'rw' satisfies AttachMode)
+    t.equal(ro.mode, 'ro', 'asked for rw, got ro: the volume is read-only')
+    const roDevice = devicePath(ro.connectionInfo)
+    t.equal(await readDevice(roDevice, `written at ${microversion}`.length), `written at ${microversion}`, 'the bytes are there')
+    await t.rejects(writeDevice(roDevice, 'overwrite'), { code: 'EPERM' }, 'the device refuses writes')
+    await client.detach(ro)
+    await client.detach(ro)
+    t.pass('a second detach of the same attachment is harmless')
+  })
+}
+
+t.test('as a plain member, an ro attachment is read-only even where access_mode says rw', { skip }, async t => {
+  const { client } = await cinder(t, { cloud: CLOUDS.member })
+  const volumeId = await newVolume(t, client, 'member-ro')
+  const ro = await client.attach(volumeId, 'ro')
+  t.equal(ro.mode, 'ro', 'the attachment says ro')
+  t.comment(`connection_info.access_mode: ${String(ro.connectionInfo.data.access_mode)}`)
+  await t.rejects(writeDevice(devicePath(ro.connectionInfo), 'x'), { code: 'EPERM' }, 'and the device is read-only')
+  await client.detach(ro)
+})
+
+t.test('a normal volume takes one attachment at a time; a multiattach volume takes two', { skip }, async t => {
+  const { client } = await cinder(t)
+  const single = await newVolume(t, client, 'single')
+  const first = await client.attach(single, 'ro')
+  await t.rejects(client.attach(single, 'ro'), { code: 'EBUSY', message: /status must be available/ }, 'second attach: EBUSY')
+  await t.rejects(client.setReadOnlyFlag(single, true), { code: 'EBUSY' }, 'the readonly flag cannot change while in use')
+  await client.detach(first)
+  t.equal((await client.showVolume(single)).status, 'available', 'the refused attach left nothing behind')
+
+  const shared = await newVolume(t, client, 'multi', 'multiattach')
+  t.ok((await client.showVolume(shared)).multiattach, 'the multiattach type makes a multiattach volume')
+  const a = await client.attach(shared, 'ro')
+  const b = await client.attach(shared, 'ro')
+  t.equal(devicePath(a.connectionInfo), devicePath(b.connectionInfo), 'both readers share the ro loop device')
+  await client.detach(a)
+  t.equal((await fs.stat(devicePath(b.connectionInfo))).isBlockDevice(), true, 'still there for the second reader')
+  await client.detach(b)
+  t.same(rigLoopDevices(), [], 'gone with the last reader')
+})
+
+t.test('an error status fails the wait at once, with the status in the message', { skip }, async t => {
+  const type = testName('nowhere')
+  const created = await admin.send('POST', '/types', { volume_type: { name: type, extra_specs: { volume_backend_name: 'no-such-backend' } } }) as { volume_type: { id: string } }
+  t.teardown(() => admin.send('DELETE', `/types/${created.volume_type.id}`))
+  const { client } = await cinder(t)
+  const volume = await client.createVolume({ name: testName('error'), size: 1, metadata: {}, volumeType: type })
+  t.teardown(() => client.deleteVolume(volume.id))
+  const started = Date.now()
+  await t.rejects(client.waitForStatus(volume.id, ['creating'], 'available'), { code: 'EIO', message: `volume ${volume.id} went to status error` })
+  t.ok(Date.now() - started < 30_000, 'without waiting for the timeout')
+})
+
+t.test('an unknown volume is ENOENT, and the error and its log line carry the request id', { skip }, async t => {
+  const { client, lines } = await cinder(t)
+  const missing = '00000000-0000-4000-8000-000000000000'
+  const err = await client.showVolume(missing).catch((e: unknown) => e) as { code: string, details: { requestId?: string } }
+  t.equal(err.code, 'ENOENT')
+  t.match(err.details.requestId, /^req-/)
+  t.ok(lines.some(l => l.includes(missing) && l.includes(err.details.requestId ?? '?')), 'logged with the request id')
+})
+
+t.test('no test volume, attachment or loop device is left', { skip }, async t => {
+  t.same(await admin.leftovers(), { volumes: [], attachments: [] })
+  t.same(rigLoopDevices(), [])
+})
