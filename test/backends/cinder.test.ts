@@ -1,0 +1,185 @@
+import { execFileSync } from 'node:child_process'
+import fs from 'node:fs/promises'
+import t, { type Test } from 'tap'
+import { CinderVolumeService } from '../../src/backends/cinder.js'
+import { GiB, listAll, type Attachment } from '../../src/backends/volume-service.js'
+import { adminCinder, capturingLogger, cloudSettings, CLOUDS, needsOpenStack, rigLoopDevices, testName, useOpenStack, type AdminCinder } from '../helpers/openstack.js'
+
+const skip = needsOpenStack()
+let admin: AdminCinder
+if (skip === false) {
+  t.before(async () => {
+    await useOpenStack(t)
+    admin = await adminCinder()
+  })
+  t.teardown(() => { admin.close() })
+}
+
+function service(t: Test, options: { cloud?: string, maxMicroversion?: string, host?: string } = {}): CinderVolumeService {
+  const svc = new CinderVolumeService({
+    settings: cloudSettings(options.cloud ?? CLOUDS.glance, options.maxMicroversion === undefined ? {} : { maxMicroversion: options.maxMicroversion }),
+    logger: capturingLogger().logger,
+    host: options.host ?? 'cinderfs-test-host',
+  })
+  t.teardown(() => svc.close())
+  return svc
+}
+
+/** A 1 GiB test volume, deleted when the test ends (detached first if needed). */
+async function volume(t: Test, svc: CinderVolumeService, metadata: Record<string, string> = {}): Promise<string> {
+  const { id } = await svc.create({ name: testName('vol'), sizeGiB: 1, metadata })
+  t.teardown(async () => {
+    for (const a of await svc.listOwnAttachments()) if (a.volumeId === id) await svc.detach(a)
+    await svc.delete(id).catch((err: unknown) => {
+      if ((err as { code?: string }).code !== 'ENOENT') throw err
+    })
+  })
+  return id
+}
+
+function device(attachment: Attachment): string {
+  const path = attachment.connectionInfo.data.device_path
+  if (typeof path !== 'string') throw new Error('no device_path')
+  return path
+}
+
+function deviceBytes(path: string): number {
+  return Number(execFileSync('blockdev', ['--getsize64', path], { encoding: 'utf8' }).trim())
+}
+
+async function pwrite(path: string, text: string, position = 0): Promise<void> {
+  const handle = await fs.open(path, 'r+')
+  try {
+    await handle.write(Buffer.from(text), 0, text.length, position)
+    await handle.datasync()
+  } finally {
+    await handle.close()
+  }
+}
+
+async function pread(path: string, length: number, position = 0): Promise<string> {
+  const handle = await fs.open(path, 'r')
+  try {
+    const buffer = Buffer.alloc(length)
+    await handle.read(buffer, 0, length, position)
+    return buffer.toString()
+  } finally {
+    await handle.close()
+  }
+}
+
+t.test('create, get, list in pages, rename, and metadata merge with deletes', { skip }, async t => {
+  const svc = service(t)
+  const ids = [
+    await volume(t, svc, { image_size: '1', keep: 'me' }),
+    await volume(t, svc),
+    await volume(t, svc),
+  ]
+  const got = await svc.get(ids[0] ?? '')
+  t.match(got, { id: ids[0], sizeGiB: 1, status: 'available', readOnly: false, multiattach: false })
+  t.same(got.metadata, { image_size: '1', keep: 'me' })
+  t.ok(Date.now() - got.createdAt.getTime() < 120_000, 'createdAt is now (UTC)')
+
+  let pages = 0
+  const first = await svc.list({ limit: 1 })
+  t.equal(first.volumes.length, 1, 'a page holds at most limit volumes')
+  t.ok(first.next, 'and says where the next one starts')
+  for (let marker = first.next; marker !== undefined; marker = (await svc.list({ limit: 1, marker })).next) pages++
+  t.ok(pages >= 2, 'several pages')
+  const all = (await listAll(svc, 1)).map(v => v.id)
+  for (const id of ids) t.ok(all.includes(id), `${id} is listed`)
+
+  const name = testName('renamed')
+  await svc.rename(ids[0] ?? '', name)
+  t.equal((await svc.get(ids[0] ?? '')).name, name, 'renamed')
+
+  await svc.updateMetadata(ids[0] ?? '', { image_size: '42', glance_image_id: 'abc', keep: null, never_there: null })
+  t.same((await svc.get(ids[0] ?? '')).metadata, { image_size: '42', glance_image_id: 'abc' }, 'merged, removed, and a missing key is no error')
+  await t.rejects(svc.get('00000000-0000-4000-8000-000000000000'), { code: 'ENOENT' })
+})
+
+t.test('read-only: shown as readOnly, not as metadata, and forces ro attachments', { skip }, async t => {
+  const svc = service(t)
+  const id = await volume(t, svc, { image_size: '5' })
+  const rw = await svc.attach(id, 'rw')
+  await pwrite(device(rw), 'image bytes')
+  await svc.detach(rw)
+  await svc.setReadOnly(id, true)
+  const v = await svc.get(id)
+  t.equal(v.readOnly, true)
+  t.same(v.metadata, { image_size: '5' }, 'Cinder\'s readonly key is not user metadata')
+  const ro = await svc.attach(id, 'rw')
+  t.equal(ro.mode, 'ro', 'a rw request on a read-only volume is granted ro')
+  t.equal(await pread(device(ro), 11), 'image bytes')
+  await t.rejects(pwrite(device(ro), 'changed'), { code: 'EPERM' })
+  await t.rejects(svc.setReadOnly(id, false), { code: 'EBUSY' }, 'the flag cannot change while attached')
+  await svc.detach(ro)
+  await svc.setReadOnly(id, false)
+  t.equal((await svc.get(id)).readOnly, false, 'and can be cleared again')
+})
+
+t.test('extend offline and online: an attached device grows in place; never shrinks', { skip }, async t => {
+  const svc = service(t)
+  const id = await volume(t, svc)
+  await svc.extend(id, 2, false)
+  t.equal((await svc.get(id)).sizeGiB, 2, 'offline extend')
+  const rw = await svc.attach(id, 'rw')
+  await pwrite(device(rw), 'tail', 2 * GiB - 4)
+  await svc.extend(id, 3, true)
+  t.equal((await svc.get(id)).sizeGiB, 3, 'online extend')
+  t.equal((await svc.get(id)).status, 'in-use', 'still attached')
+  t.equal(deviceBytes(device(rw)), 3 * GiB, 'the device shows the new size at once')
+  t.equal(await pread(device(rw), 4, 2 * GiB - 4), 'tail', 'data kept')
+  await svc.extend(id, 2, true)
+  t.equal((await svc.get(id)).sizeGiB, 3, 'a smaller size is a no-op')
+  await svc.detach(rw)
+})
+
+t.test('before 3.42 an attached volume is extended by detach, extend and reattach', { skip }, async t => {
+  const svc = service(t, { maxMicroversion: '3.27' })
+  const id = await volume(t, svc)
+  const attachment = await svc.attach(id, 'rw')
+  const before = attachment.id
+  await pwrite(device(attachment), 'kept across the reattach')
+  await svc.extend(id, 2, true)
+  t.not(attachment.id, before, 'the caller\'s attachment now names the new attachment')
+  t.same((await svc.listOwnAttachments()).map(a => a.id), [attachment.id])
+  t.equal(deviceBytes(device(attachment)), 2 * GiB, 'the new device has the new size')
+  t.equal(await pread(device(attachment), 24), 'kept across the reattach')
+  await svc.detach(attachment)
+  t.equal((await svc.get(id)).status, 'available')
+})
+
+t.test('listOwnAttachments shows this host\'s attachments only', { skip }, async t => {
+  const mine = service(t, { host: 'cinderfs-test-a' })
+  const theirs = service(t, { host: 'cinderfs-test-b' })
+  const id = await volume(t, mine)
+  const attachment = await mine.attach(id, 'rw')
+  const own = await mine.listOwnAttachments()
+  t.same(own.map(a => ({ id: a.id, volumeId: a.volumeId, mode: a.mode, type: a.connectionInfo.driverVolumeType })),
+    [{ id: attachment.id, volumeId: id, mode: 'rw', type: 'local' }])
+  t.same(await theirs.listOwnAttachments(), [], 'another host sees none of them')
+  await t.rejects(theirs.attach(id, 'ro'), { code: 'EBUSY' }, 'and cannot attach a normal volume in use')
+  await t.rejects(mine.delete(id), { code: 'EBUSY' }, 'an attached volume cannot be deleted')
+  await mine.detach(attachment)
+  t.same(await mine.listOwnAttachments(), [], 'gone after detach')
+  await mine.delete(id)
+  await t.rejects(mine.get(id), { code: 'ENOENT' }, 'deleted volumes are gone at once')
+})
+
+t.test('a tiny quota: create fails with EDQUOT and leaves no volume', { skip }, async t => {
+  const project = await admin.projectId(CLOUDS.member)
+  await admin.send('PUT', `/os-quota-sets/${project}`, { quota_set: { gigabytes: 1 } })
+  t.teardown(() => admin.send('DELETE', `/os-quota-sets/${project}`))
+  const svc = service(t, { cloud: CLOUDS.member })
+  t.same(await svc.capacity(), { totalBytes: GiB, freeBytes: GiB }, 'statfs sees the quota')
+  const name = testName('quota')
+  await t.rejects(svc.create({ name, sizeGiB: 2, metadata: {} }), { code: 'EDQUOT', message: /exceeded|quota/i })
+  const left = await admin.send('GET', `/volumes?all_tenants=1&name=${name}`) as { volumes: unknown[] }
+  t.same(left.volumes, [], 'no volume was made')
+})
+
+t.test('after the suite no test volume, attachment or loop device is left', { skip }, async t => {
+  t.same(await admin.leftovers(), { volumes: [], attachments: [] })
+  t.same(rigLoopDevices(), [])
+})
