@@ -1,9 +1,12 @@
 import { execFileSync } from 'node:child_process'
 import fs from 'node:fs/promises'
+import os from 'node:os'
+import path from 'node:path'
 import t, { type Test } from 'tap'
 import { CinderVolumeService } from '../../src/backends/cinder.js'
 import { GiB, listAll, type Attachment } from '../../src/backends/volume-service.js'
-import { adminCinder, capturingLogger, cloudSettings, CLOUDS, needsOpenStack, rigLoopDevices, testName, useOpenStack, type AdminCinder } from '../helpers/openstack.js'
+import { openStackSettings } from '../../src/config/openstack.js'
+import { adminCinder, capturingLogger, cloudSettings, CLOUDS, needsOpenStack, rigLoopDevices, STATE_DIR, testName, useOpenStack, type AdminCinder } from '../helpers/openstack.js'
 
 const skip = needsOpenStack()
 let admin: AdminCinder
@@ -177,6 +180,41 @@ t.test('a tiny quota: create fails with EDQUOT and leaves no volume', { skip }, 
   await t.rejects(svc.create({ name, sizeGiB: 2, metadata: {} }), { code: 'EDQUOT', message: /exceeded|quota/i })
   const left = await admin.send('GET', `/volumes?all_tenants=1&name=${name}`) as { volumes: unknown[] }
   t.same(left.volumes, [], 'no volume was made')
+})
+
+t.test('configured from glance-api.conf or the OS_* variables, it acts as Glance\'s account', { skip }, async t => {
+  const glance = cloudSettings(CLOUDS.glance)
+  if (glance.credentials.method !== 'password') throw new Error('the glance cloud uses a password')
+  const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'cinderfs-glance-'))
+  t.teardown(() => fs.rm(dir, { recursive: true, force: true }))
+  const conf = path.join(dir, 'glance-api.conf')
+  await fs.writeFile(conf, [
+    '[glance_store]',
+    'stores = cinder',
+    `cinder_store_auth_address = ${glance.authUrl}`,
+    'cinder_store_user_name = glance',
+    `cinder_store_password = ${glance.credentials.password}`,
+    'cinder_store_project_name = service',
+    'cinder_catalog_info = volumev3::publicURL',
+    'cinder_os_region_name = RegionOne',
+    'cinder_volume_type = multiattach',
+    'cinder_state_transition_timeout = 60',
+    '',
+  ].join('\n'))
+  const fromGlance = new CinderVolumeService({ settings: openStackSettings({ glanceConfig: conf }), logger: capturingLogger().logger, host: 'cinderfs-test-host' })
+  t.teardown(() => fromGlance.close())
+  const id = await volume(t, fromGlance)
+  t.equal((await fromGlance.get(id)).multiattach, true, 'cinder_volume_type is used for new volumes')
+
+  // the rig's openstack.env, as an operator would source it
+  const env: Record<string, string> = {}
+  for (const line of (await fs.readFile(path.join(STATE_DIR, 'openstack.env'), 'utf8')).split('\n')) {
+    const m = /^export (\w+)=(.*)$/.exec(line)
+    if (m !== null) env[m[1] ?? ''] = m[2] ?? ''
+  }
+  const fromEnv = new CinderVolumeService({ settings: openStackSettings({ env }), logger: capturingLogger().logger })
+  t.teardown(() => fromEnv.close())
+  t.equal((await fromEnv.get(id)).id, id, 'the same project sees the same volume')
 })
 
 t.test('after the suite no test volume, attachment or loop device is left', { skip }, async t => {
