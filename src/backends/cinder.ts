@@ -12,7 +12,7 @@ export interface CinderBackendOptions {
   logger: Logger
   /** The connector's host name: whose attachments are ours (default: this machine's name). */
   host?: string
-  /** The connector's IP (default 127.0.0.1: the attach is local to this host). */
+  /** The connector's IP, which storage backends may use for access control (default: this host's first external IPv4 address). */
   ip?: string
 }
 
@@ -157,7 +157,7 @@ export class CinderVolumeService implements VolumeService {
       endpoint: settings.endpoint,
       stateTransitionTimeoutSeconds: settings.stateTransitionTimeoutSeconds,
       host: this.host,
-      ip: this.options.ip ?? '127.0.0.1',
+      ip: this.options.ip ?? hostIp(),
       ...(settings.endpointOverride === undefined ? {} : { endpointOverride: settings.endpointOverride }),
       ...(settings.maxMicroversion === undefined ? {} : { maxMicroversion: settings.maxMicroversion }),
     })
@@ -181,6 +181,12 @@ export class CinderVolumeService implements VolumeService {
       this.attached.set(fresh.id, attachment)
     }
   }
+}
+
+/** What os-brick would report: an address of this host, the loopback one only when there is no other. */
+function hostIp(): string {
+  const addresses = Object.values(os.networkInterfaces()).flat()
+  return addresses.find(a => a !== undefined && a.family === 'IPv4' && !a.internal)?.address ?? '127.0.0.1'
 }
 
 function toVolume(v: CinderVolume): Volume {

@@ -6,27 +6,10 @@ import t, { type Test } from 'tap'
 import { CinderVolumeService } from '../../src/backends/cinder.js'
 import { GiB, listAll, type Attachment } from '../../src/backends/volume-service.js'
 import { openStackSettings } from '../../src/config/openstack.js'
-import { adminCinder, capturingLogger, cloudSettings, CLOUDS, needsOpenStack, rigLoopDevices, STATE_DIR, testName, useOpenStack, type AdminCinder } from '../helpers/openstack.js'
+import { capturingLogger, cloudSettings, CLOUDS, devicePath, openStackSuite, readAt, rigLoopDevices, STATE_DIR, testName, testService, writeAt } from '../helpers/openstack.js'
 
-const skip = needsOpenStack()
-let admin: AdminCinder
-if (skip === false) {
-  t.before(async () => {
-    await useOpenStack(t)
-    admin = await adminCinder()
-  })
-  t.teardown(() => { admin.close() })
-}
-
-function service(t: Test, options: { cloud?: string, maxMicroversion?: string, host?: string } = {}): CinderVolumeService {
-  const svc = new CinderVolumeService({
-    settings: cloudSettings(options.cloud ?? CLOUDS.glance, options.maxMicroversion === undefined ? {} : { maxMicroversion: options.maxMicroversion }),
-    logger: capturingLogger().logger,
-    host: options.host ?? 'cinderfs-test-host',
-  })
-  t.teardown(() => svc.close())
-  return svc
-}
+const { skip, admin } = openStackSuite(t)
+const service = (t: Test, options: Parameters<typeof testService>[1] = {}): CinderVolumeService => testService(t, options).service
 
 /** A 1 GiB test volume, deleted when the test ends (detached first if needed). */
 async function volume(t: Test, svc: CinderVolumeService, metadata: Record<string, string> = {}): Promise<string> {
@@ -40,35 +23,10 @@ async function volume(t: Test, svc: CinderVolumeService, metadata: Record<string
   return id
 }
 
-function device(attachment: Attachment): string {
-  const path = attachment.connectionInfo.data.device_path
-  if (typeof path !== 'string') throw new Error('no device_path')
-  return path
-}
+const device = (attachment: Attachment): string => devicePath(attachment.connectionInfo)
 
 function deviceBytes(path: string): number {
   return Number(execFileSync('blockdev', ['--getsize64', path], { encoding: 'utf8' }).trim())
-}
-
-async function pwrite(path: string, text: string, position = 0): Promise<void> {
-  const handle = await fs.open(path, 'r+')
-  try {
-    await handle.write(Buffer.from(text), 0, text.length, position)
-    await handle.datasync()
-  } finally {
-    await handle.close()
-  }
-}
-
-async function pread(path: string, length: number, position = 0): Promise<string> {
-  const handle = await fs.open(path, 'r')
-  try {
-    const buffer = Buffer.alloc(length)
-    await handle.read(buffer, 0, length, position)
-    return buffer.toString()
-  } finally {
-    await handle.close()
-  }
 }
 
 t.test('create, get, list in pages, rename, and metadata merge with deletes', { skip }, async t => {
@@ -105,7 +63,7 @@ t.test('read-only: shown as readOnly, not as metadata, and forces ro attachments
   const svc = service(t)
   const id = await volume(t, svc, { image_size: '5' })
   const rw = await svc.attach(id, 'rw')
-  await pwrite(device(rw), 'image bytes')
+  await writeAt(device(rw), 'image bytes')
   await svc.detach(rw)
   await svc.setReadOnly(id, true)
   const v = await svc.get(id)
@@ -113,8 +71,8 @@ t.test('read-only: shown as readOnly, not as metadata, and forces ro attachments
   t.same(v.metadata, { image_size: '5' }, 'Cinder\'s readonly key is not user metadata')
   const ro = await svc.attach(id, 'rw')
   t.equal(ro.mode, 'ro', 'a rw request on a read-only volume is granted ro')
-  t.equal(await pread(device(ro), 11), 'image bytes')
-  await t.rejects(pwrite(device(ro), 'changed'), { code: 'EPERM' })
+  t.equal(await readAt(device(ro), 11), 'image bytes')
+  await t.rejects(writeAt(device(ro), 'changed'), { code: 'EPERM' })
   await t.rejects(svc.setReadOnly(id, false), { code: 'EBUSY' }, 'the flag cannot change while attached')
   await svc.detach(ro)
   await svc.setReadOnly(id, false)
@@ -127,12 +85,12 @@ t.test('extend offline and online: an attached device grows in place; never shri
   await svc.extend(id, 2, false)
   t.equal((await svc.get(id)).sizeGiB, 2, 'offline extend')
   const rw = await svc.attach(id, 'rw')
-  await pwrite(device(rw), 'tail', 2 * GiB - 4)
+  await writeAt(device(rw), 'tail', 2 * GiB - 4)
   await svc.extend(id, 3, true)
   t.equal((await svc.get(id)).sizeGiB, 3, 'online extend')
   t.equal((await svc.get(id)).status, 'in-use', 'still attached')
   t.equal(deviceBytes(device(rw)), 3 * GiB, 'the device shows the new size at once')
-  t.equal(await pread(device(rw), 4, 2 * GiB - 4), 'tail', 'data kept')
+  t.equal(await readAt(device(rw), 4, 2 * GiB - 4), 'tail', 'data kept')
   await svc.extend(id, 2, true)
   t.equal((await svc.get(id)).sizeGiB, 3, 'a smaller size is a no-op')
   await svc.detach(rw)
@@ -143,12 +101,12 @@ t.test('before 3.42 an attached volume is extended by detach, extend and reattac
   const id = await volume(t, svc)
   const attachment = await svc.attach(id, 'rw')
   const before = attachment.id
-  await pwrite(device(attachment), 'kept across the reattach')
+  await writeAt(device(attachment), 'kept across the reattach')
   await svc.extend(id, 2, true)
   t.not(attachment.id, before, 'the caller\'s attachment now names the new attachment')
   t.same((await svc.listOwnAttachments()).map(a => a.id), [attachment.id])
   t.equal(deviceBytes(device(attachment)), 2 * GiB, 'the new device has the new size')
-  t.equal(await pread(device(attachment), 24), 'kept across the reattach')
+  t.equal(await readAt(device(attachment), 24), 'kept across the reattach')
   await svc.detach(attachment)
   t.equal((await svc.get(id)).status, 'available')
 })
@@ -171,14 +129,14 @@ t.test('listOwnAttachments shows this host\'s attachments only', { skip }, async
 })
 
 t.test('a tiny quota: create fails with EDQUOT and leaves no volume', { skip }, async t => {
-  const project = await admin.projectId(CLOUDS.member)
-  await admin.send('PUT', `/os-quota-sets/${project}`, { quota_set: { gigabytes: 1 } })
-  t.teardown(() => admin.send('DELETE', `/os-quota-sets/${project}`))
+  const project = await admin().projectId(CLOUDS.member)
+  await admin().send('PUT', `/os-quota-sets/${project}`, { quota_set: { gigabytes: 1 } })
+  t.teardown(() => admin().send('DELETE', `/os-quota-sets/${project}`))
   const svc = service(t, { cloud: CLOUDS.member })
   t.same(await svc.capacity(), { totalBytes: GiB, freeBytes: GiB }, 'statfs sees the quota')
   const name = testName('quota')
   await t.rejects(svc.create({ name, sizeGiB: 2, metadata: {} }), { code: 'EDQUOT', message: /exceeded|quota/i })
-  const left = await admin.send('GET', `/volumes?all_tenants=1&name=${name}`) as { volumes: unknown[] }
+  const left = await admin().send('GET', `/volumes?all_tenants=1&name=${name}`) as { volumes: unknown[] }
   t.same(left.volumes, [], 'no volume was made')
 })
 
@@ -218,6 +176,6 @@ t.test('configured from glance-api.conf or the OS_* variables, it acts as Glance
 })
 
 t.test('after the suite no test volume, attachment or loop device is left', { skip }, async t => {
-  t.same(await admin.leftovers(), { volumes: [], attachments: [] })
+  t.same(await admin().leftovers(), { volumes: [], attachments: [] })
   t.same(rigLoopDevices(), [])
 })

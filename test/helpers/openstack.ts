@@ -1,7 +1,11 @@
 import { execFile, spawnSync } from 'node:child_process'
+import fs from 'node:fs/promises'
 import path from 'node:path'
 import { promisify } from 'node:util'
 import { pino, type Logger } from 'pino'
+import type { Test } from 'tap'
+import { CinderVolumeService } from '../../src/backends/cinder.js'
+import type { ConnectionInfo } from '../../src/backends/volume-service.js'
 import { openStackSettings, type OpenStackSources, type OpenStackSettings } from '../../src/config/openstack.js'
 import { HttpClient } from '../../src/openstack/http.js'
 import { KeystoneClient } from '../../src/openstack/keystone.js'
@@ -22,17 +26,12 @@ export function needsOpenStack(): string | false {
   return needsLoopDevices()
 }
 
-interface Teardown {
-  teardown(fn: () => unknown): void
-  comment(...message: unknown[]): void
-}
-
 /**
  * Starts the rig through scripts/openstack/up (installing it on a fresh
  * machine) and stops it when the test file ends, unless it was already
  * running before: then it is left as it was.
  */
-export async function useOpenStack(t: Teardown): Promise<void> {
+export async function useOpenStack(t: Test): Promise<void> {
   const wasRunning = spawnSync(path.join(scripts, 'up'), ['--check'], { stdio: 'ignore' }).status === 0
   if (wasRunning) return
   const started = Date.now()
@@ -101,5 +100,69 @@ export async function adminCinder(): Promise<AdminCinder> {
       }
     },
     close: () => { http.close() },
+  }
+}
+
+/**
+ * Sets up a test file that needs the rig: the reason to skip (or false),
+ * the rig started before the first test, and an admin client for quotas,
+ * volume types and leftover checks.
+ */
+export function openStackSuite(t: Test): { skip: string | false, admin: () => AdminCinder } {
+  const skip = needsOpenStack()
+  let admin: AdminCinder | undefined
+  if (skip === false) {
+    t.before(async () => {
+      await useOpenStack(t)
+      admin = await adminCinder()
+    })
+    t.teardown(() => { admin?.close() })
+  }
+  return {
+    skip,
+    admin: () => {
+      if (admin === undefined) throw new Error('the rig is not up')
+      return admin
+    },
+  }
+}
+
+/** A cinder backend for one of the rig's clouds, closed when the test ends; `lines` holds its logs. */
+export function testService(t: Test, options: { cloud?: string, maxMicroversion?: string, host?: string } = {}): { service: CinderVolumeService, lines: string[] } {
+  const { logger, lines } = capturingLogger()
+  const service = new CinderVolumeService({
+    settings: cloudSettings(options.cloud ?? CLOUDS.glance, options.maxMicroversion === undefined ? {} : { maxMicroversion: options.maxMicroversion }),
+    logger,
+    host: options.host ?? 'cinderfs-test-host',
+  })
+  t.teardown(() => service.close())
+  return { service, lines }
+}
+
+export function devicePath(info: ConnectionInfo): string {
+  const device = info.data.device_path
+  if (typeof device !== 'string') throw new Error('no device_path in connection_info')
+  return device
+}
+
+/** Writes `text` at `position` of a device and syncs, as the data path would. */
+export async function writeAt(device: string, text: string, position = 0): Promise<void> {
+  const handle = await fs.open(device, 'r+')
+  try {
+    await handle.write(Buffer.from(text), 0, text.length, position)
+    await handle.datasync()
+  } finally {
+    await handle.close()
+  }
+}
+
+export async function readAt(device: string, length: number, position = 0): Promise<string> {
+  const handle = await fs.open(device, 'r')
+  try {
+    const buffer = Buffer.alloc(length)
+    await handle.read(buffer, 0, length, position)
+    return buffer.toString()
+  } finally {
+    await handle.close()
   }
 }

@@ -1,29 +1,14 @@
 import fs from 'node:fs/promises'
 import t, { type Test } from 'tap'
-import { CinderVolumeService } from '../../src/backends/cinder.js'
 import type { AttachMode } from '../../src/backends/volume-service.js'
 import type { CinderClient } from '../../src/openstack/cinder.js'
 import { formatMicroversion } from '../../src/openstack/microversion.js'
-import { adminCinder, capturingLogger, cloudSettings, CLOUDS, needsOpenStack, rigLoopDevices, testName, useOpenStack, type AdminCinder } from '../helpers/openstack.js'
+import { CLOUDS, devicePath, openStackSuite, readAt, rigLoopDevices, testName, testService, writeAt } from '../helpers/openstack.js'
 
-const skip = needsOpenStack()
-let admin: AdminCinder
-if (skip === false) {
-  t.before(async () => {
-    await useOpenStack(t)
-    admin = await adminCinder()
-  })
-  t.teardown(() => { admin.close() })
-}
+const { skip, admin } = openStackSuite(t)
 
 async function cinder(t: Test, options: { cloud?: string, maxMicroversion?: string } = {}): Promise<{ client: CinderClient, lines: string[] }> {
-  const { logger, lines } = capturingLogger()
-  const service = new CinderVolumeService({
-    settings: cloudSettings(options.cloud ?? CLOUDS.glance, options.maxMicroversion === undefined ? {} : { maxMicroversion: options.maxMicroversion }),
-    logger,
-    host: 'cinderfs-test-host',
-  })
-  t.teardown(() => service.close())
+  const { service, lines } = testService(t, options)
   return { client: await service.client(), lines }
 }
 
@@ -38,34 +23,6 @@ async function newVolume(t: Test, client: CinderClient, what: string, volumeType
   })
   await client.waitForStatus(created.id, ['creating'], 'available')
   return created.id
-}
-
-/** Writes `text` at offset 0 of the device, as the data path would. */
-async function writeDevice(device: string, text: string): Promise<void> {
-  const handle = await fs.open(device, 'r+')
-  try {
-    await handle.write(Buffer.from(text), 0, text.length, 0)
-    await handle.datasync()
-  } finally {
-    await handle.close()
-  }
-}
-
-async function readDevice(device: string, length: number): Promise<string> {
-  const handle = await fs.open(device, 'r')
-  try {
-    const buffer = Buffer.alloc(length)
-    await handle.read(buffer, 0, length, 0)
-    return buffer.toString()
-  } finally {
-    await handle.close()
-  }
-}
-
-function devicePath(info: { data: Record<string, unknown> }): string {
-  const path = info.data.device_path
-  if (typeof path !== 'string') throw new Error('no device_path in connection_info')
-  return path
 }
 
 t.test('negotiates the newest common microversion, or stays at a forced maximum', { skip }, async t => {
@@ -89,7 +46,7 @@ for (const [microversion, how] of flows) {
     t.ok((await fs.stat(device)).isBlockDevice(), `${device} is a block device`)
     t.equal((await client.showVolume(volumeId)).status, 'in-use')
     t.same((await client.ownAttachments()).map(a => a.id), [rw.id], 'listed as this host\'s attachment')
-    await writeDevice(device, `written at ${microversion}`)
+    await writeAt(device, `written at ${microversion}`)
     await client.detach(rw)
     t.equal((await client.showVolume(volumeId)).status, 'available', 'available again after detach')
     t.same(rigLoopDevices(), [], 'the loop device is gone')
@@ -98,8 +55,8 @@ for (const [microversion, how] of flows) {
     const ro = await client.attach(volumeId, 'rw' satisfies AttachMode)
     t.equal(ro.mode, 'ro', 'asked for rw, got ro: the volume is read-only')
     const roDevice = devicePath(ro.connectionInfo)
-    t.equal(await readDevice(roDevice, `written at ${microversion}`.length), `written at ${microversion}`, 'the bytes are there')
-    await t.rejects(writeDevice(roDevice, 'overwrite'), { code: 'EPERM' }, 'the device refuses writes')
+    t.equal(await readAt(roDevice, `written at ${microversion}`.length), `written at ${microversion}`, 'the bytes are there')
+    await t.rejects(writeAt(roDevice, 'overwrite'), { code: 'EPERM' }, 'the device refuses writes')
     await client.detach(ro)
     await client.detach(ro)
     t.pass('a second detach of the same attachment is harmless')
@@ -112,7 +69,7 @@ t.test('as a plain member, an ro attachment is read-only even where access_mode 
   const ro = await client.attach(volumeId, 'ro')
   t.equal(ro.mode, 'ro', 'the attachment says ro')
   t.comment(`connection_info.access_mode: ${String(ro.connectionInfo.data.access_mode)}`)
-  await t.rejects(writeDevice(devicePath(ro.connectionInfo), 'x'), { code: 'EPERM' }, 'and the device is read-only')
+  await t.rejects(writeAt(devicePath(ro.connectionInfo), 'x'), { code: 'EPERM' }, 'and the device is read-only')
   await client.detach(ro)
 })
 
@@ -138,14 +95,26 @@ t.test('a normal volume takes one attachment at a time; a multiattach volume tak
 
 t.test('an error status fails the wait at once, with the status in the message', { skip }, async t => {
   const type = testName('nowhere')
-  const created = await admin.send('POST', '/types', { volume_type: { name: type, extra_specs: { volume_backend_name: 'no-such-backend' } } }) as { volume_type: { id: string } }
-  t.teardown(() => admin.send('DELETE', `/types/${created.volume_type.id}`))
+  const created = await admin().send('POST', '/types', { volume_type: { name: type, extra_specs: { volume_backend_name: 'no-such-backend' } } }) as { volume_type: { id: string } }
+  t.teardown(() => admin().send('DELETE', `/types/${created.volume_type.id}`))
   const { client } = await cinder(t)
   const volume = await client.createVolume({ name: testName('error'), size: 1, metadata: {}, volumeType: type })
   t.teardown(() => client.deleteVolume(volume.id))
   const started = Date.now()
   await t.rejects(client.waitForStatus(volume.id, ['creating'], 'available'), { code: 'EIO', message: `volume ${volume.id} went to status error` })
   t.ok(Date.now() - started < 30_000, 'without waiting for the timeout')
+})
+
+t.test('lists volumes by name, by status and by metadata, as Glance looks images up', { skip }, async t => {
+  const { client } = await cinder(t)
+  const [a, b] = [await newVolume(t, client, 'filter'), await newVolume(t, client, 'filter')]
+  const imageId = `image-${a}`
+  await client.mergeMetadata(a, { glance_image_id: imageId })
+  const ids = async (filters: Parameters<CinderClient['listVolumes']>[1]): Promise<string[]> => (await client.listVolumes({}, filters)).volumes.map(v => v.id)
+  t.same(await ids({ metadata: { glance_image_id: imageId } }), [a], 'by metadata')
+  t.same(await ids({ name: (await client.showVolume(b)).name }), [b], 'by exact name')
+  const available = await ids({ status: 'available' })
+  t.ok(available.includes(a) && available.includes(b), 'by status')
 })
 
 t.test('an unknown volume is ENOENT, and the error and its log line carry the request id', { skip }, async t => {
@@ -158,6 +127,6 @@ t.test('an unknown volume is ENOENT, and the error and its log line carry the re
 })
 
 t.test('no test volume, attachment or loop device is left', { skip }, async t => {
-  t.same(await admin.leftovers(), { volumes: [], attachments: [] })
+  t.same(await admin().leftovers(), { volumes: [], attachments: [] })
   t.same(rigLoopDevices(), [])
 })

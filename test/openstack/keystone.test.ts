@@ -3,10 +3,9 @@ import { CinderfsError } from '../../src/errors/errors.js'
 import { BLOCK_STORAGE_TYPES } from '../../src/openstack/cinder.js'
 import { HttpClient } from '../../src/openstack/http.js'
 import { KeystoneClient, type KeystoneCredentials } from '../../src/openstack/keystone.js'
-import { capturingLogger, cloudSettings, CLOUDS, needsOpenStack, useOpenStack } from '../helpers/openstack.js'
+import { capturingLogger, cloudSettings, CLOUDS, openStackSuite } from '../helpers/openstack.js'
 
-const skip = needsOpenStack()
-if (skip === false) t.before(async () => { await useOpenStack(t) })
+const { skip } = openStackSuite(t)
 
 function keystone(credentials?: KeystoneCredentials, extra: { now?: () => number } = {}) {
   const settings = cloudSettings(CLOUDS.glance)
