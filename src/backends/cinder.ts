@@ -102,11 +102,12 @@ export class CinderVolumeService implements VolumeService {
     await (await this.client()).setReadOnlyFlag(volumeId, readOnly)
   }
 
-  async extend(volumeId: string, newSizeGiB: number, attached: boolean): Promise<void> {
+  /** Cinder's status decides rather than `_attached`: it also knows other hosts' attachments. */
+  async extend(volumeId: string, newSizeGiB: number, _attached: boolean): Promise<void> {
     const cinder = await this.client()
     const volume = await cinder.showVolume(volumeId)
     if (newSizeGiB <= volume.size) return // Cinder never shrinks
-    if (!attached) {
+    if (volume.status === 'available') {
       await cinder.extendVolume(volumeId, newSizeGiB, 'available')
     } else if (cinder.supports(FEATURES.onlineExtend)) {
       await cinder.extendVolume(volumeId, newSizeGiB, 'in-use')

@@ -143,7 +143,8 @@ export class CinderClient {
 
   /** POST merges: keys not named stay as they are. */
   async mergeMetadata(volumeId: string, metadata: Record<string, string>): Promise<void> {
-    await this.call('POST', `/volumes/${volumeId}/metadata`, { body: { metadata }, context: { volumeId } })
+    // idempotent: sending the same keys twice leaves the same metadata
+    await this.call('POST', `/volumes/${volumeId}/metadata`, { body: { metadata }, idempotent: true, context: { volumeId } })
   }
 
   async deleteMetadataKey(volumeId: string, key: string): Promise<void> {

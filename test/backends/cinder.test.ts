@@ -128,6 +128,25 @@ t.test('listOwnAttachments shows this host\'s attachments only', { skip }, async
   await t.rejects(mine.get(id), { code: 'ENOENT' }, 'deleted volumes are gone at once')
 })
 
+t.test('eight volumes at once: create, attach, write, read back ro, detach, delete', { skip }, async t => {
+  const svc = service(t)
+  const cycle = async (i: number): Promise<string> => {
+    const id = await volume(t, svc, { image_size: String(i) })
+    const rw = await svc.attach(id, 'rw')
+    await writeAt(device(rw), `volume number ${i}`)
+    await svc.detach(rw)
+    await svc.setReadOnly(id, true)
+    const ro = await svc.attach(id, 'ro')
+    const text = await readAt(device(ro), `volume number ${i}`.length)
+    await svc.detach(ro)
+    await svc.delete(id)
+    return text
+  }
+  const texts = await Promise.all(Array.from({ length: 8 }, (_, i) => cycle(i)))
+  t.same(texts, Array.from({ length: 8 }, (_, i) => `volume number ${i}`), 'each reader saw its own volume\'s bytes')
+  t.same(await svc.listOwnAttachments(), [], 'no attachment left')
+})
+
 t.test('a tiny quota: create fails with EDQUOT and leaves no volume', { skip }, async t => {
   const project = await admin().projectId(CLOUDS.member)
   await admin().send('PUT', `/os-quota-sets/${project}`, { quota_set: { gigabytes: 1 } })
