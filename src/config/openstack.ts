@@ -62,7 +62,7 @@ export function openStackSettings(sources: OpenStackSources = {}): OpenStackSett
 
 // ---------------------------------------------------------------- clouds.yaml
 
-export function cloudsYamlPaths(cwd: string, home: string): string[] {
+function cloudsYamlPaths(cwd: string, home: string): string[] {
   return [path.join(cwd, 'clouds.yaml'), path.join(home, '.config/openstack/clouds.yaml'), '/etc/openstack/clouds.yaml']
 }
 
@@ -251,7 +251,7 @@ function cinderBackendSection(ini: Map<string, Map<string, string>>): string {
 }
 
 /** oslo.config's INI dialect: [section], key = value, # and ; comments, indented continuation lines. */
-export function parseIni(content: string): Map<string, Map<string, string>> {
+function parseIni(content: string): Map<string, Map<string, string>> {
   const sections = new Map<string, Map<string, string>>()
   let current: Map<string, string> | undefined
   let lastKey: string | undefined

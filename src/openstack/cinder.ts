@@ -8,7 +8,7 @@ import type { EndpointFilter, KeystoneClient } from './keystone.js'
 import { compareMicroversions, formatMicroversion, negotiate, parseMicroversion, type Microversion } from './microversion.js'
 
 /** The newest microversion this client knows: attachment `mode` (3.54). */
-export const CLIENT_MAX_MICROVERSION = '3.54'
+const CLIENT_MAX_MICROVERSION = '3.54'
 /** Cinder features and the microversion that brought them. */
 export const FEATURES = { onlineExtend: 42, attachmentComplete: 44, attachmentMode: 54 } as const
 

@@ -134,12 +134,12 @@ export class KeystoneClient {
 }
 
 /** Normalises `http://host:5000`, `.../v3` and `.../v3/` to `.../v3`. */
-export function identityV3(authUrl: string): string {
+function identityV3(authUrl: string): string {
   const base = authUrl.replace(/\/+$/, '')
   return /\/v3$/.test(base) ? base : `${base}/v3`
 }
 
-export function findEndpoint(catalog: CatalogService[], filter: EndpointFilter): string {
+function findEndpoint(catalog: CatalogService[], filter: EndpointFilter): string {
   for (const type of filter.serviceTypes) {
     for (const service of catalog) {
       if (service.type !== type) continue
