@@ -9,7 +9,7 @@ import type { ConnectionInfo } from '../../src/backends/volume-service.js'
 import { openStackSettings, type OpenStackSources, type OpenStackSettings } from '../../src/config/openstack.js'
 import { HttpClient } from '../../src/openstack/http.js'
 import { KeystoneClient } from '../../src/openstack/keystone.js'
-import { needsLoopDevices } from './requirements.js'
+import { needsLoopDevices, needsRoot } from './requirements.js'
 
 const run = promisify(execFile)
 const scripts = path.resolve(__dirname, '../../../scripts/openstack')
@@ -23,6 +23,7 @@ export const CLOUDS = { admin: 'cinderfs-admin', glance: 'cinderfs-glance', memb
 
 /** Why the real-OpenStack tests cannot run here, or false. */
 export function needsOpenStack(): string | false {
+  if (needsRoot() !== false) return 'needs root: scripts/openstack/up installs Debian packages, and cinder-volume attaches loop devices'
   return needsLoopDevices()
 }
 
