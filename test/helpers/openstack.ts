@@ -129,12 +129,13 @@ export function openStackSuite(t: Test): { skip: string | false, admin: () => Ad
 }
 
 /** A cinder backend for one of the rig's clouds, closed when the test ends; `lines` holds its logs. */
-export function testService(t: Test, options: { cloud?: string, maxMicroversion?: string, host?: string } = {}): { service: CinderVolumeService, lines: string[] } {
+export function testService(t: Test, options: { cloud?: string, host?: string } & OpenStackSources['overrides'] = {}): { service: CinderVolumeService, lines: string[] } {
   const { logger, lines } = capturingLogger()
+  const { cloud, host, ...overrides } = options
   const service = new CinderVolumeService({
-    settings: cloudSettings(options.cloud ?? CLOUDS.glance, options.maxMicroversion === undefined ? {} : { maxMicroversion: options.maxMicroversion }),
+    settings: cloudSettings(cloud ?? CLOUDS.glance, overrides),
     logger,
-    host: options.host ?? 'cinderfs-test-host',
+    host: host ?? 'cinderfs-test-host',
   })
   t.teardown(() => service.close())
   return { service, lines }
