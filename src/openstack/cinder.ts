@@ -212,9 +212,14 @@ export class CinderClient {
 
   /** Attaches to this host through the attachments API or, before 3.54, the legacy actions. */
   async attach(volumeId: string, mode: AttachMode): Promise<Attachment> {
-    const attachment = this.supports(FEATURES.attachmentMode)
-      ? await this.attachNew(volumeId, mode)
-      : await this.attachLegacy(volumeId, mode)
+    let attachment: Attachment
+    try {
+      attachment = this.supports(FEATURES.attachmentMode)
+        ? await this.attachNew(volumeId, mode)
+        : await this.attachLegacy(volumeId, mode)
+    } catch (err) {
+      throw await this.explainBusy(volumeId, err)
+    }
     this.logger.info({ volumeId, attachmentId: attachment.id, mode: attachment.mode, driverVolumeType: attachment.connectionInfo.driverVolumeType }, 'volume attached')
     return attachment
   }
@@ -250,6 +255,18 @@ export class CinderClient {
       marker = page.next
     } while (marker !== undefined)
     return own
+  }
+
+  /**
+   * A normal volume takes one attachment at a time; when another host (or
+   * reader) holds it, say so and name the fix instead of Cinder's status text.
+   */
+  private async explainBusy(volumeId: string, err: unknown): Promise<unknown> {
+    if (!(err instanceof CinderfsError && err.code === 'EBUSY')) return err
+    const volume = await this.showVolume(volumeId).catch(() => undefined)
+    if (volume === undefined || volume.multiattach) return err
+    const holders = volume.attachments.map(a => a.hostName ?? 'an unnamed host').join(', ') || 'another attachment'
+    return new CinderfsError('EBUSY', `volume ${volumeId} is attached to ${holders} and is not multiattach: readers on several hosts need a multiattach volume type (cinder_volume_type) (${err.message})`, err.details)
   }
 
   private async attachNew(volumeId: string, mode: AttachMode): Promise<Attachment> {

@@ -120,7 +120,8 @@ t.test('listOwnAttachments shows this host\'s attachments only', { skip }, async
   t.same(own.map(a => ({ id: a.id, volumeId: a.volumeId, mode: a.mode, type: a.connectionInfo.driverVolumeType })),
     [{ id: attachment.id, volumeId: id, mode: 'rw', type: 'local' }])
   t.same(await theirs.listOwnAttachments(), [], 'another host sees none of them')
-  await t.rejects(theirs.attach(id, 'ro'), { code: 'EBUSY' }, 'and cannot attach a normal volume in use')
+  await t.rejects(theirs.attach(id, 'ro'), { code: 'EBUSY', message: `volume ${id} is attached to cinderfs-test-a and is not multiattach: readers on several hosts need a multiattach volume type` },
+    'and cannot attach a normal volume in use: the error names the holder and the fix')
   await t.rejects(mine.delete(id), { code: 'EBUSY' }, 'an attached volume cannot be deleted')
   await mine.detach(attachment)
   t.same(await mine.listOwnAttachments(), [], 'gone after detach')
