@@ -1,0 +1,209 @@
+# TEST-ONLY Cinder volume driver for cinderfs's test rig. Never use it in a
+# real cloud: it keeps every volume as a sparse file on the cinder-volume
+# host and "exports" it as a loop device on that same host.
+#
+# Why it exists: the test machine's kernel has no device-mapper (no LVM
+# driver), no iSCSI/NVMe initiator, no RBD and no NFS client, so no in-tree
+# driver can be attached here. cinderfs and cinder-volume run on one host,
+# so a loop device over the volume file is a real block device for it.
+#
+# Connection info: {"driver_volume_type": "local",
+#                   "data": {"device_path": "/dev/loopN", "read_only": bool,
+#                            "backing_file": "<dir>/volume-<id>", ...}}
+# ('local' is also what os-brick's LocalConnector understands.)
+#
+# An attachment gets a read-only loop when Cinder passes connector mode
+# 'ro' or the volume carries the readonly admin flag. One loop per
+# (volume, ro/rw) is shared by the attachments of one host and detached
+# with the last of them, or when the volume is deleted. Extend truncates
+# the file and refreshes the capacity of attached loops (online extend).
+#
+# cinder.conf:
+#   [cinderfs-test]
+#   volume_driver = cinderfs_test_driver.TestFileDriver
+#   volume_backend_name = cinderfs-test
+#   cinderfs_test_volume_dir = /var/tmp/cinderfs-openstack/volumes
+# with this directory on cinder-volume's PYTHONPATH; cinder-volume runs as
+# root (losetup).
+
+import json
+import os
+import threading
+
+from oslo_concurrency import processutils
+from oslo_config import cfg
+from oslo_log import log as logging
+from oslo_utils import units
+
+from cinder import exception
+from cinder import interface
+from cinder.volume import driver
+
+LOG = logging.getLogger(__name__)
+
+OPTS = [
+    cfg.StrOpt('cinderfs_test_volume_dir',
+               default='$state_path/cinderfs-test-volumes',
+               help='Directory with one sparse file per volume.'),
+]
+cfg.CONF.register_opts(OPTS)
+
+
+def _losetup(*args):
+    out, _err = processutils.execute('losetup', *args)
+    return out.strip()
+
+
+@interface.volumedriver
+class TestFileDriver(driver.VolumeDriver):
+    """Sparse files attached as loop devices (test only)."""
+
+    VERSION = '1.0.0'
+    CI_WIKI_NAME = 'none'
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.configuration.append_config_values(OPTS)
+        # losetup --find + attach is not atomic across threads
+        self._loop_lock = threading.Lock()
+
+    @staticmethod
+    def get_driver_options():
+        return OPTS
+
+    def _file(self, volume):
+        return os.path.join(self.configuration.cinderfs_test_volume_dir,
+                            volume.name)
+
+    def local_path(self, volume):
+        return self._file(volume)
+
+    def do_setup(self, context):
+        os.makedirs(self.configuration.cinderfs_test_volume_dir,
+                    exist_ok=True)
+
+    def check_for_setup_error(self):
+        if not os.path.exists('/dev/loop-control'):
+            raise exception.VolumeBackendAPIException(
+                data='no loop devices (/dev/loop-control)')
+
+    # ------------------------------------------------------------ loops
+    def _loops(self, path):
+        """{device: read_only} for the loop devices backed by path."""
+        try:
+            out = _losetup('--json', '--list', '--output', 'NAME,RO',
+                           '--associated', path)
+        except processutils.ProcessExecutionError:
+            return {}
+        devices = json.loads(out).get('loopdevices', []) if out else []
+        return {d['name']: d['ro'] in (True, 1, '1') for d in devices}
+
+    def _detach(self, path, only_read_only=None):
+        for device, read_only in self._loops(path).items():
+            if only_read_only is None or read_only == only_read_only:
+                try:
+                    _losetup('--detach', device)
+                except processutils.ProcessExecutionError as e:
+                    LOG.warning('cinderfs-test: losetup -d %s: %s', device, e)
+
+    def _loop_for(self, path, read_only):
+        for device, ro in self._loops(path).items():
+            if ro == read_only:
+                return device
+        flags = ['--read-only'] if read_only else []
+        return _losetup('--find', '--show', *flags, path)
+
+    @staticmethod
+    def _read_only(volume, connector):
+        mode = (connector or {}).get('mode')
+        if mode in ('ro', 'rw'):
+            return mode == 'ro'
+        try:
+            admin = volume.admin_metadata or {}
+        except Exception:  # non-admin contexts may not lazy-load it
+            admin = {}
+        return admin.get('readonly') == 'True'
+
+    # ---------------------------------------------------------- volumes
+    def create_volume(self, volume):
+        with open(self._file(volume), 'xb') as f:
+            f.truncate(volume.size * units.Gi)
+        return {'provider_location': self._file(volume)}
+
+    def delete_volume(self, volume):
+        path = self._file(volume)
+        with self._loop_lock:
+            self._detach(path)
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            LOG.info('cinderfs-test: %s was already gone', path)
+
+    def extend_volume(self, volume, new_size):
+        path = self._file(volume)
+        os.truncate(path, new_size * units.Gi)
+        for device in self._loops(path):
+            _losetup('--set-capacity', device)
+
+    # ---------------------------------------------------------- exports
+    def ensure_export(self, context, volume):
+        pass
+
+    def create_export(self, context, volume, connector):
+        pass
+
+    def remove_export(self, context, volume):
+        pass
+
+    def validate_connector(self, connector):
+        return True  # a local attach needs no initiator or WWPNs
+
+    def initialize_connection(self, volume, connector, **kwargs):
+        path = self._file(volume)
+        read_only = self._read_only(volume, connector)
+        with self._loop_lock:
+            device = self._loop_for(path, read_only)
+        LOG.info('cinderfs-test: volume %s on %s (read_only=%s) for host %s',
+                 volume.id, device, read_only, (connector or {}).get('host'))
+        return {'driver_volume_type': 'local',
+                'data': {'device_path': device, 'backing_file': path,
+                         'read_only': read_only, 'volume_id': volume.id}}
+
+    def terminate_connection(self, volume, connector, **kwargs):
+        path = self._file(volume)
+        if connector is None or kwargs.get('force'):
+            with self._loop_lock:
+                self._detach(path)
+            return False
+        read_only = self._read_only(volume, connector)
+        host = connector.get('host')
+        # attachments (this one included) still using this host's loop of
+        # the same kind
+        sharing = [a for a in volume.volume_attachment or []
+                   if a.attach_status in ('attached', 'attaching')
+                   and (a.connector or {}).get('host') == host
+                   and self._read_only(volume, a.connector) == read_only]
+        if len(sharing) > 1:
+            return True
+        with self._loop_lock:
+            self._detach(path, read_only)
+        return False
+
+    # ------------------------------------------------------------ stats
+    def _update_volume_stats(self):
+        st = os.statvfs(self.configuration.cinderfs_test_volume_dir)
+        self._stats = {
+            'volume_backend_name':
+                self.configuration.safe_get('volume_backend_name'),
+            'vendor_name': 'cinderfs test rig',
+            'driver_version': self.VERSION,
+            'storage_protocol': 'local',
+            'total_capacity_gb': round(st.f_blocks * st.f_frsize / units.Gi, 2),
+            'free_capacity_gb': round(st.f_bavail * st.f_frsize / units.Gi, 2),
+            'reserved_percentage': 0,
+            'thin_provisioning_support': True,
+            'thick_provisioning_support': False,
+            'max_over_subscription_ratio': 20.0,
+            'multiattach': True,
+            'QoS_support': False,
+        }

@@ -1,0 +1,195 @@
+import fs from 'node:fs'
+import http from 'node:http'
+import https from 'node:https'
+import axios, { isAxiosError, type AxiosInstance, type Method } from 'axios'
+import type { Logger } from 'pino'
+import { CinderfsError, ConfigError, type ErrnoName } from '../errors/errors.js'
+
+export interface TlsOptions {
+  /** PEM bundle to trust instead of Node's built-in CAs. */
+  caFile?: string
+  /** Skip certificate verification (operators' `insecure: true`). */
+  insecure?: boolean
+}
+
+export interface HttpOptions {
+  logger: Logger
+  tls?: TlsOptions
+  /** Per request, milliseconds. */
+  timeoutMs?: number
+  /** Extra attempts for idempotent requests after a connection error or 5xx. */
+  retries?: number
+  /** First retry delay; doubles per attempt. */
+  retryDelayMs?: number
+}
+
+export interface HttpRequest {
+  method: Method
+  url: string
+  headers?: Record<string, string>
+  body?: unknown
+  /** Safe to send twice. Only then are connection errors and 5xx retried: a create must never run twice. */
+  idempotent: boolean
+  /** Ids (volume, attachment) that log lines about this request carry. */
+  context?: Record<string, string>
+  /** Non-2xx statuses that are answers, not errors (300 from version discovery). */
+  accept?: number[]
+}
+
+export interface HttpResponse {
+  status: number
+  data: unknown
+  requestId: string | undefined
+  header(name: string): string | undefined
+}
+
+const RETRY_DELAY_CAP_MS = 5000
+
+/**
+ * The one HTTP path to Keystone and Cinder: keep-alive connections, TLS
+ * options, retries of idempotent requests, a debug line per request with
+ * its x-openstack-request-id, and the HTTP → errno mapping. Headers and
+ * bodies are never logged (they carry passwords and tokens).
+ */
+export class HttpClient {
+  private readonly axios: AxiosInstance
+  private readonly httpAgent = new http.Agent({ keepAlive: true })
+  private readonly httpsAgent: https.Agent
+  private readonly logger: Logger
+  private readonly retries: number
+  private readonly retryDelayMs: number
+
+  constructor(options: HttpOptions) {
+    this.logger = options.logger
+    this.retries = options.retries ?? 3
+    this.retryDelayMs = options.retryDelayMs ?? 250
+    this.httpsAgent = new https.Agent({
+      keepAlive: true,
+      ca: readCa(options.tls?.caFile),
+      rejectUnauthorized: options.tls?.insecure !== true,
+    })
+    this.axios = axios.create({
+      timeout: options.timeoutMs ?? 120_000,
+      httpAgent: this.httpAgent,
+      httpsAgent: this.httpsAgent,
+      validateStatus: () => true,
+      maxRedirects: 0,
+    })
+  }
+
+  async send(request: HttpRequest): Promise<HttpResponse> {
+    for (let attempt = 0; ; attempt++) {
+      const retryable = request.idempotent && attempt < this.retries
+      const started = Date.now()
+      let response: HttpResponse
+      try {
+        response = await this.once(request)
+      } catch (err) {
+        const failure = connectionError(request, err)
+        if (!retryable) throw failure
+        await this.pause(request, attempt, failure)
+        continue
+      }
+      const ok = (response.status >= 200 && response.status < 300) || request.accept?.includes(response.status) === true
+      const line = { ...request.context, method: request.method, path: pathOf(request.url), status: response.status, ms: Date.now() - started, requestId: response.requestId }
+      if (ok) {
+        this.logger.debug(line, 'openstack request')
+        return response
+      }
+      const failure = responseError(request, response)
+      if (response.status >= 500 && retryable) {
+        await this.pause(request, attempt, failure)
+        continue
+      }
+      this.logger.debug({ ...line, err: failure }, 'openstack request failed')
+      throw failure
+    }
+  }
+
+  close(): void {
+    this.httpAgent.destroy()
+    this.httpsAgent.destroy()
+  }
+
+  private async once(request: HttpRequest): Promise<HttpResponse> {
+    const reply = await this.axios.request({
+      method: request.method,
+      url: request.url,
+      headers: { Accept: 'application/json', ...request.headers },
+      data: request.body,
+    })
+    const header = (name: string): string | undefined => {
+      const value: unknown = reply.headers[name.toLowerCase()]
+      return typeof value === 'string' ? value : undefined
+    }
+    return { status: reply.status, data: reply.data, requestId: header('x-openstack-request-id'), header }
+  }
+
+  private async pause(request: HttpRequest, attempt: number, failure: CinderfsError): Promise<void> {
+    const delayMs = Math.min(this.retryDelayMs * 2 ** attempt, RETRY_DELAY_CAP_MS)
+    this.logger.warn({ ...request.context, method: request.method, path: pathOf(request.url), requestId: failure.details.requestId, attempt: attempt + 1, delayMs, err: failure }, 'openstack request failed, retrying')
+    await new Promise(resolve => setTimeout(resolve, delayMs))
+  }
+}
+
+/** The HTTP status behind an error from HttpClient, if there was a response. */
+export function httpStatus(err: unknown): number | undefined {
+  if (!(err instanceof CinderfsError)) return undefined
+  const status = err.details.status
+  return typeof status === 'number' ? status : undefined
+}
+
+function readCa(caFile: string | undefined): Buffer | undefined {
+  if (caFile === undefined) return undefined
+  try {
+    return fs.readFileSync(caFile)
+  } catch (err) {
+    throw new ConfigError(`cannot read the CA bundle ${caFile}: ${(err as NodeJS.ErrnoException).code ?? String(err)}`)
+  }
+}
+
+function pathOf(url: string): string {
+  try {
+    return new URL(url).pathname
+  } catch {
+    return url
+  }
+}
+
+// Cinder status conflicts come back as 400 with the status in the text
+// ("status must be available or downloading to reserve, but the current status is in-use").
+const STATUS_CONFLICT = /status must be|must be available|current status|is attached|in-use|is in use|still has|is busy|already/i
+const QUOTA = /quota|limit exceeded|exceeds allowed/i
+
+/** The single HTTP → errno mapping. */
+function errnoFor(status: number, message: string): ErrnoName {
+  if (status === 401 || status === 403) return 'EACCES'
+  if (status === 404) return 'ENOENT'
+  if (status === 413 || (status === 400 && QUOTA.test(message))) return 'EDQUOT'
+  if (status === 409 || (status === 400 && STATUS_CONFLICT.test(message))) return 'EBUSY'
+  return 'EIO'
+}
+
+function responseError(request: HttpRequest, response: HttpResponse): CinderfsError {
+  const message = bodyMessage(response.data) ?? `HTTP ${response.status}`
+  return new CinderfsError(errnoFor(response.status, message),
+    `${request.method.toUpperCase()} ${pathOf(request.url)}: ${response.status} ${message}`,
+    { ...request.context, status: response.status, requestId: response.requestId })
+}
+
+function connectionError(request: HttpRequest, err: unknown): CinderfsError {
+  // Never keep the AxiosError as cause: its config holds the token and body.
+  const code = isAxiosError(err) ? err.code : undefined
+  const reason = code ?? (err instanceof Error ? err.message : String(err))
+  return new CinderfsError('EIO', `${request.method.toUpperCase()} ${pathOf(request.url)}: ${reason}`, { ...request.context, code })
+}
+
+/** Cinder says {"badRequest": {"message": ...}}, Keystone {"error": {"message": ...}}. */
+function bodyMessage(data: unknown): string | undefined {
+  if (typeof data === 'string') return data.trim().slice(0, 300) || undefined
+  if (typeof data !== 'object' || data === null) return undefined
+  for (const value of Object.values(data)) {
+    if (typeof value === 'object' && value !== null && 'message' in value && typeof value.message === 'string') return value.message
+  }
+  return undefined
+}

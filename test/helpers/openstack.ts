@@ -1,0 +1,170 @@
+import { execFile, spawnSync } from 'node:child_process'
+import fs from 'node:fs/promises'
+import path from 'node:path'
+import { promisify } from 'node:util'
+import { pino, type Logger } from 'pino'
+import type { Test } from 'tap'
+import { CinderVolumeService } from '../../src/backends/cinder.js'
+import type { ConnectionInfo } from '../../src/backends/volume-service.js'
+import { openStackSettings, type OpenStackSources, type OpenStackSettings } from '../../src/config/openstack.js'
+import { HttpClient } from '../../src/openstack/http.js'
+import { KeystoneClient } from '../../src/openstack/keystone.js'
+import { needsLoopDevices, needsRoot } from './requirements.js'
+
+const run = promisify(execFile)
+const scripts = path.resolve(__dirname, '../../../scripts/openstack')
+
+/** Where scripts/openstack/up keeps its state (clouds.yaml, volume files). */
+export const STATE_DIR = process.env.CINDERFS_OS_STATE ?? '/var/tmp/cinderfs-openstack'
+/** Every test volume's name starts with this, so leftovers can be found. */
+export const TEST_PREFIX = 'cinderfs-test-'
+/** The clouds up writes into STATE_DIR/clouds.yaml. */
+export const CLOUDS = { admin: 'cinderfs-admin', glance: 'cinderfs-glance', member: 'cinderfs-member' } as const
+
+/** Why the real-OpenStack tests cannot run here, or false. */
+export function needsOpenStack(): string | false {
+  if (needsRoot() !== false) return 'needs root: scripts/openstack/up installs Debian packages, and cinder-volume attaches loop devices'
+  return needsLoopDevices()
+}
+
+/**
+ * Starts the rig through scripts/openstack/up (installing it on a fresh
+ * machine) and stops it when the test file ends, unless it was already
+ * running before: then it is left as it was.
+ */
+export async function useOpenStack(t: Test): Promise<void> {
+  const wasRunning = spawnSync(path.join(scripts, 'up'), ['--check'], { stdio: 'ignore' }).status === 0
+  if (wasRunning) return
+  const started = Date.now()
+  await run(path.join(scripts, 'up'), [], { maxBuffer: 16 << 20 })
+  t.comment(`OpenStack rig started in ${((Date.now() - started) / 1000).toFixed(1)} s`)
+  t.teardown(async () => {
+    await run(path.join(scripts, 'down'), [], { maxBuffer: 16 << 20 })
+  })
+}
+
+/** Settings for one of the rig's clouds, read through the real clouds.yaml search path (./clouds.yaml). */
+export function cloudSettings(cloud: string, overrides: OpenStackSources['overrides'] = {}): OpenStackSettings {
+  return openStackSettings({ osCloud: cloud, cwd: STATE_DIR, home: '/nonexistent', env: {}, overrides })
+}
+
+/** A logger that keeps every line, so tests can look at what was logged. */
+export function capturingLogger(): { logger: Logger, lines: string[] } {
+  const lines: string[] = []
+  const logger = pino({ level: process.env.CINDERFS_TEST_LOG ?? 'debug' }, { write: (line: string) => { lines.push(line) } })
+  return { logger, lines }
+}
+
+export function testName(what: string): string {
+  return `${TEST_PREFIX}${what}-${Math.random().toString(36).slice(2, 8)}`
+}
+
+/** Loop devices still backed by the rig's volume files. */
+export function rigLoopDevices(): string[] {
+  const out = spawnSync('losetup', ['--list', '--noheadings', '--output', 'NAME,BACK-FILE'], { encoding: 'utf8' }).stdout
+  return out.split('\n').filter(line => line.includes(path.join(STATE_DIR, 'volumes') + '/')).map(line => line.trim())
+}
+
+/** Raw Cinder calls as the rig's admin (quotas, volume types, leftover checks). */
+export interface AdminCinder {
+  send(method: 'GET' | 'POST' | 'PUT' | 'DELETE', path: string, body?: unknown): Promise<unknown>
+  projectId(cloud: string): Promise<string>
+  /** Test volumes (and their attachments) left in any project. */
+  leftovers(): Promise<{ volumes: string[], attachments: string[] }>
+  close(): void
+}
+
+export async function adminCinder(): Promise<AdminCinder> {
+  const { logger } = capturingLogger()
+  const http = new HttpClient({ logger })
+  const keystone = (cloud: string): KeystoneClient => {
+    const settings = cloudSettings(cloud)
+    return new KeystoneClient({ authUrl: settings.authUrl, credentials: settings.credentials, http, logger })
+  }
+  const admin = keystone(CLOUDS.admin)
+  const base = await admin.endpoint(cloudSettings(CLOUDS.admin).endpoint)
+  const send: AdminCinder['send'] = async (method, path, body) => await admin.withToken(async token => (await http.send({
+    method,
+    url: base + path,
+    headers: { 'X-Auth-Token': token.id, 'OpenStack-API-Version': 'volume 3.54' },
+    body,
+    idempotent: method !== 'POST',
+  })).data)
+  return {
+    send,
+    projectId: async cloud => (await keystone(cloud).token()).projectId ?? '',
+    leftovers: async () => {
+      const reply = await send('GET', `/volumes/detail?all_tenants=1&name~=${TEST_PREFIX}`) as { volumes: { id: string, attachments: { attachment_id: string }[] }[] }
+      return {
+        volumes: reply.volumes.map(v => v.id),
+        attachments: reply.volumes.flatMap(v => v.attachments.map(a => a.attachment_id)),
+      }
+    },
+    close: () => { http.close() },
+  }
+}
+
+/**
+ * Sets up a test file that needs the rig: the reason to skip (or false),
+ * the rig started before the first test, and an admin client for quotas,
+ * volume types and leftover checks.
+ */
+export function openStackSuite(t: Test): { skip: string | false, admin: () => AdminCinder } {
+  const skip = needsOpenStack()
+  let admin: AdminCinder | undefined
+  if (skip === false) {
+    t.before(async () => {
+      await useOpenStack(t)
+      admin = await adminCinder()
+    })
+    t.teardown(() => { admin?.close() })
+  }
+  return {
+    skip,
+    admin: () => {
+      if (admin === undefined) throw new Error('the rig is not up')
+      return admin
+    },
+  }
+}
+
+/** A cinder backend for one of the rig's clouds, closed when the test ends; `lines` holds its logs. */
+export function testService(t: Test, options: { cloud?: string, host?: string } & OpenStackSources['overrides'] = {}): { service: CinderVolumeService, lines: string[] } {
+  const { logger, lines } = capturingLogger()
+  const { cloud, host, ...overrides } = options
+  const service = new CinderVolumeService({
+    settings: cloudSettings(cloud ?? CLOUDS.glance, overrides),
+    logger,
+    host: host ?? 'cinderfs-test-host',
+  })
+  t.teardown(() => service.close())
+  return { service, lines }
+}
+
+export function devicePath(info: ConnectionInfo): string {
+  const device = info.data.device_path
+  if (typeof device !== 'string') throw new Error('no device_path in connection_info')
+  return device
+}
+
+/** Writes `text` at `position` of a device and syncs, as the data path would. */
+export async function writeAt(device: string, text: string, position = 0): Promise<void> {
+  const handle = await fs.open(device, 'r+')
+  try {
+    await handle.write(Buffer.from(text), 0, text.length, position)
+    await handle.datasync()
+  } finally {
+    await handle.close()
+  }
+}
+
+export async function readAt(device: string, length: number, position = 0): Promise<string> {
+  const handle = await fs.open(device, 'r')
+  try {
+    const buffer = Buffer.alloc(length)
+    await handle.read(buffer, 0, length, position)
+    return buffer.toString()
+  } finally {
+    await handle.close()
+  }
+}
