@@ -27,8 +27,7 @@ export interface CephCluster {
 
 /** Why the Ceph tests cannot run here, or false: pass as tap's `skip`. */
 export function needsCeph(): string | false {
-  const root = needsRoot()
-  if (root !== false) return `${root}; Ceph daemons and packages`
+  if (needsRoot() !== false) return 'needs root (scripts/ceph/up installs packages and runs the Ceph daemons)'
   if (!fs.existsSync(rbdAddonPath)) return `needs the librbd addon ${rbdAddonPath} (install librbd-dev librados-dev, run scripts/setup)`
   return false
 }
