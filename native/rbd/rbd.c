@@ -217,6 +217,25 @@ static void release_detached(image_handles_t h) {
   pthread_attr_destroy(&attr);
 }
 
+/* Cluster and Image constructors: only the addon calls them, with the native state as an external. */
+static napi_value construct(napi_env env, napi_callback_info info, const char *misuse, napi_finalize finalize) {
+  size_t argc = 1;
+  napi_value arg, self;
+  napi_valuetype type;
+  void *data;
+  CHECK(env, napi_get_cb_info(env, info, &argc, &arg, &self, NULL));
+  if (argc < 1 || napi_typeof(env, arg, &type) != napi_ok || type != napi_external) {
+    napi_throw_type_error(env, NULL, misuse);
+    return NULL;
+  }
+  CHECK(env, napi_get_value_external(env, arg, &data));
+  if (napi_wrap(env, self, data, finalize, NULL, NULL) != napi_ok) {
+    finalize(env, data, NULL); /* never wrapped, so never finalized: release now */
+    return throw_last_error(env);
+  }
+  return self;
+}
+
 /* ------------------------------------------------------------ async work */
 
 typedef enum { OP_CONNECT, OP_OPEN, OP_CLOSE, OP_REFRESH, OP_SHUTDOWN } work_op_t;
@@ -332,11 +351,14 @@ static void work_complete(napi_env env, napi_status status, void *data) {
     napi_reject_deferred(env, w->deferred, errno_error(env, work_name(w->op), w->err));
   } else {
     switch (w->op) {
-    case OP_CONNECT:
+    case OP_CONNECT: {
+      cluster_obj_t *obj = calloc(1, sizeof *obj);
+      obj->cluster = w->cluster;
       napi_get_reference_value(env, addon->cluster_ctor, &ctor);
-      napi_create_external(env, w->cluster, NULL, NULL, &external);
+      napi_create_external(env, obj, NULL, NULL, &external);
       napi_new_instance(env, ctor, 1, &external, &result);
       break;
+    }
     case OP_OPEN: {
       image_t *img = calloc(1, sizeof *img);
       img->h = w->handles;
@@ -504,23 +526,7 @@ static void image_finalize(napi_env env, void *data, void *hint) {
 }
 
 static napi_value image_construct(napi_env env, napi_callback_info info) {
-  size_t argc = 1;
-  napi_value arg, self;
-  napi_valuetype type;
-  image_t *img;
-  CHECK(env, napi_get_cb_info(env, info, &argc, &arg, &self, NULL));
-  if (argc < 1 || napi_typeof(env, arg, &type) != napi_ok || type != napi_external) {
-    napi_throw_type_error(env, NULL, "Images come from cluster.open()");
-    return NULL;
-  }
-  CHECK(env, napi_get_value_external(env, arg, (void **)&img));
-  if (napi_wrap(env, self, img, image_finalize, NULL, NULL) != napi_ok) {
-    /* not wrapped: the finalizer will never run, so release here */
-    release_detached(img->h);
-    free(img);
-    return throw_last_error(env);
-  }
-  return self;
+  return construct(env, info, "Images come from cluster.open()", image_finalize);
 }
 
 /* this, its image_t, and up to 4 arguments. NULL (exception pending) if this is not a live Image. */
@@ -667,24 +673,7 @@ static void cluster_finalize(napi_env env, void *data, void *hint) {
 }
 
 static napi_value cluster_construct(napi_env env, napi_callback_info info) {
-  size_t argc = 1;
-  napi_value arg, self;
-  napi_valuetype type;
-  cluster_t *cluster;
-  CHECK(env, napi_get_cb_info(env, info, &argc, &arg, &self, NULL));
-  if (argc < 1 || napi_typeof(env, arg, &type) != napi_ok || type != napi_external) {
-    napi_throw_type_error(env, NULL, "Clusters come from connect()");
-    return NULL;
-  }
-  CHECK(env, napi_get_value_external(env, arg, (void **)&cluster));
-  cluster_obj_t *obj = calloc(1, sizeof *obj);
-  obj->cluster = cluster;
-  if (napi_wrap(env, self, obj, cluster_finalize, NULL, NULL) != napi_ok) {
-    release_detached((image_handles_t){.cluster = cluster});
-    free(obj);
-    return throw_last_error(env);
-  }
-  return self;
+  return construct(env, info, "Clusters come from connect()", cluster_finalize);
 }
 
 static cluster_obj_t *cluster_this(napi_env env, napi_callback_info info, napi_value *argv, size_t argc_wanted) {
