@@ -166,9 +166,11 @@ t.test('a writer killed with SIGKILL holds up the next writer only briefly', { s
       .then(image => image.write(Buffer.alloc(512, 1), 0, 512, 0))
       .then(() => { console.log('locked'); setInterval(() => {}, 1000) })
   `], { stdio: ['ignore', 'pipe', 'inherit'] })
-  await once(child.stdout, 'data')
+  const exit = once(child, 'exit')
+  const first = await Promise.race([once(child.stdout, 'data').then(() => 'locked'), exit.then(() => 'exited')])
+  if (first !== 'locked') return t.fail('the lock holder exited before it took the lock')
   child.kill('SIGKILL')
-  await once(child, 'exit')
+  await exit
 
   const image = await cluster.open(ceph.pool, name)
   const started = Date.now()
