@@ -246,6 +246,7 @@ typedef struct {
   napi_deferred deferred;
   napi_ref self; /* the Image being closed or refreshed */
   int err;
+  const char *failed; /* the librados/librbd call that set err, when not the op's main one */
   /* connect */
   char *cluster_name, *user, *conf_file, **option_names, **option_values;
   size_t option_count;
@@ -286,9 +287,10 @@ static void work_execute(napi_env env, void *data) {
     snprintf(client, sizeof client, "client.%s", w->user);
     w->err = rados_create2(&rados, w->cluster_name ? w->cluster_name : "ceph", client, 0);
     if (w->err < 0) return;
-    if (w->conf_file) w->err = rados_conf_read_file(rados, w->conf_file);
+    if (w->conf_file && (w->err = rados_conf_read_file(rados, w->conf_file)) < 0) w->failed = "rados_conf_read_file";
     for (size_t i = 0; w->err >= 0 && i < w->option_count; i++)
-      if (w->option_values[i]) w->err = rados_conf_set(rados, w->option_names[i], w->option_values[i]);
+      if (w->option_values[i] && (w->err = rados_conf_set(rados, w->option_names[i], w->option_values[i])) < 0)
+        w->failed = "rados_conf_set"; /* an unknown option name is ENOENT */
     if (w->err >= 0) w->err = rados_connect(rados);
     if (w->err < 0) {
       rados_shutdown(rados);
@@ -302,7 +304,10 @@ static void work_execute(napi_env env, void *data) {
   }
   case OP_OPEN:
     w->err = rados_ioctx_create(w->handles.cluster->rados, w->pool, &w->handles.ioctx);
-    if (w->err < 0) break;
+    if (w->err < 0) {
+      w->failed = "rados_ioctx_create"; /* ENOENT: no such pool */
+      break;
+    }
     w->err = w->read_only ? rbd_open_read_only(w->handles.ioctx, w->image_name, &w->handles.image, w->snapshot)
                           : rbd_open(w->handles.ioctx, w->image_name, &w->handles.image, w->snapshot);
     if (w->err < 0) {
@@ -348,7 +353,7 @@ static void work_complete(napi_env env, napi_status status, void *data) {
   napi_get_instance_data(env, (void **)&addon);
   if (status != napi_ok && w->err == 0) w->err = -ECANCELED;
   if (w->err < 0) {
-    napi_reject_deferred(env, w->deferred, errno_error(env, work_name(w->op), w->err));
+    napi_reject_deferred(env, w->deferred, errno_error(env, w->failed ? w->failed : work_name(w->op), w->err));
   } else {
     switch (w->op) {
     case OP_CONNECT: {
