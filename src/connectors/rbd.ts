@@ -140,6 +140,8 @@ interface SharedCluster {
 }
 
 class RbdDevice implements BlockDevice {
+  private closed = false
+
   constructor(
     readonly path: string,
     readonly writable: boolean,
@@ -157,6 +159,10 @@ class RbdDevice implements BlockDevice {
     // A read-only handle has no header watch, so librbd never learns of an
     // extend: a fresh handle reads the header anew.
     const fresh = await this.reopen()
+    if (this.closed) {
+      await fresh.close()
+      fail('EBADF', `${this.path} was closed during refreshSize`)
+    }
     const stale = this.image
     this.image = fresh
     await stale.close()
@@ -176,6 +182,9 @@ class RbdDevice implements BlockDevice {
   }
 
   async close(): Promise<void> {
+    // A second close must not release the shared connection a second time.
+    if (this.closed) fail('EBADF', `${this.path} is already closed`)
+    this.closed = true
     try {
       await this.image.close()
     } finally {

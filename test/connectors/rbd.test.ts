@@ -82,6 +82,7 @@ t.test('one shared connection per cluster and user, closed with the last device'
   t.equal(loadRbd().stats().clusters, baseline + 1, 'three attaches, one librados connection')
   t.equal(loadRbd().stats().images, 3)
   await first.close()
+  await t.rejects(first.close(), { code: 'EBADF' }, 'closing twice')
   await again.close()
   t.equal(loadRbd().stats().clusters, baseline + 1, 'kept while a device uses it')
   await second.close()
@@ -106,6 +107,7 @@ t.test('rw devices write and flush; ro devices read them and refuse writes with 
   t.equal(await ro.read(back, 0, back.length, 12345), data.length)
   t.ok(back.equals(data), 'the read-only device sees the flushed data')
   await t.rejects(ro.write(data, 0, 10, 0), { code: 'EROFS' })
+  await ro.flush() // what fsync on a read-only file does
   await ro.close()
   await rw.close()
 })
