@@ -143,6 +143,14 @@ t.test('refreshSize sees an extend, on rw and ro devices', { skip }, async t => 
   await rw.close()
 })
 
+t.test('an unreachable monitor fails with ETIMEDOUT, not a hang, and leaves no connection', { skip }, async t => {
+  const impatient = new RbdConnector({ keyringDir: ceph.keyringDir, radosOptions: { client_mount_timeout: '2' } })
+  const started = Date.now()
+  await t.rejects(impatient.connect(cinderInfo(await ceph.createImage(1), { ports: ['1'] }), 'ro'), { code: 'ETIMEDOUT', message: /127\.0\.0\.1:1/ })
+  t.ok(Date.now() - started < 15_000, 'within client_mount_timeout')
+  t.equal(loadRbd().stats().clusters, 0)
+})
+
 t.test('connection info of another type is refused', async t => {
   await t.rejects(new RbdConnector().connect({ driverVolumeType: 'iscsi', data: {} }, 'rw'), { code: 'EINVAL' })
 })
