@@ -143,6 +143,14 @@ t.test('refreshSize sees an extend, on rw and ro devices', { skip }, async t => 
   await rw.close()
 })
 
+t.test('with no monitors in the connection info, a configured ceph.conf names them', { skip }, async t => {
+  const info = cinderInfo(await ceph.createImage(1), { hosts: [], ports: [] })
+  await t.rejects(connector.connect(info, 'ro'), { code: 'EINVAL', message: /no monitors/ })
+  const device = await new RbdConnector({ keyringDir: ceph.keyringDir, conf: ceph.conf }).connect(info, 'ro')
+  t.equal(device.size, MiB)
+  await device.close()
+})
+
 t.test('an unreachable monitor fails with ETIMEDOUT, not a hang, and leaves no connection', { skip }, async t => {
   const impatient = new RbdConnector({ keyringDir: ceph.keyringDir, radosOptions: { client_mount_timeout: '2' } })
   const started = Date.now()
