@@ -10,7 +10,7 @@
  *  - connect, open, close, refreshSize and shutdown block inside librados,
  *    so they run as napi_async_work on the libuv threadpool.
  *  - Finalizers (handles garbage-collected without close) hand the blocking
- *    rbd_close / rados_shutdown to a detached thread.
+ *    rbd_close / rados_shutdown to a detached thread, except at exit.
  *
  * Lifetimes: a cluster is ref-counted natively (its JS object, plus one per
  * open image), so images and their cluster may be collected in any order and
@@ -33,6 +33,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <uv.h>
 
 #define MAX_SAFE_INTEGER 9007199254740991.0
@@ -44,10 +45,13 @@
 
 /* Process-wide counts of live native handles: what a leak test looks at. */
 static atomic_long live_clusters, live_images, live_requests;
+/* Finalizers' release threads still running. */
+static atomic_int releasing;
 
 typedef struct {
   napi_threadsafe_function tsfn;
   long aio_in_flight; /* JS thread only */
+  bool tearing_down;
   napi_ref cluster_ctor, image_ctor;
 } addon_t;
 
@@ -197,24 +201,48 @@ static void image_release(const image_handles_t *h) {
   atomic_fetch_sub(&live_images, 1);
 }
 
-/* Finalizers must not block the JS thread on the network: the blocking part runs on its own thread. */
-static void *release_thread(void *arg) {
-  image_handles_t *h = arg;
+static void release_handles(image_handles_t *h) {
   if (h->image) image_release(h);
   else cluster_unref(h->cluster);
   free(h);
+}
+
+static void *release_thread(void *arg) {
+  release_handles(arg);
+  atomic_fetch_sub(&releasing, 1);
   return NULL;
 }
 
-static void release_detached(image_handles_t h) {
+/*
+ * For finalizers: handles collected without close. rbd_close and
+ * rados_shutdown block on the network, so they run on a detached thread, but
+ * while the environment is torn down they run right here: librbd aborts if
+ * exit() runs while it is closing (measured), and a writeback cache is
+ * flushed only by a close that finishes.
+ */
+static void release_unclosed(image_handles_t h, const addon_t *addon) {
   pthread_t thread;
   pthread_attr_t attr;
   image_handles_t *copy = malloc(sizeof *copy);
   *copy = h;
-  pthread_attr_init(&attr);
-  pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-  if (pthread_create(&thread, &attr, release_thread, copy) != 0) release_thread(copy);
-  pthread_attr_destroy(&attr);
+  if (!addon->tearing_down) {
+    atomic_fetch_add(&releasing, 1);
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    int err = pthread_create(&thread, &attr, release_thread, copy);
+    pthread_attr_destroy(&attr);
+    if (err == 0) return;
+    atomic_fetch_sub(&releasing, 1);
+  }
+  release_handles(copy);
+}
+
+/* Runs before the environment's finalizers: they release synchronously from now on. */
+static void addon_teardown(void *arg) {
+  addon_t *addon = arg;
+  addon->tearing_down = true;
+  /* Release threads started earlier must also end before exit(); give them 30 s. */
+  for (int i = 0; i < 3000 && atomic_load(&releasing) > 0; i++) usleep(10000);
 }
 
 /* Cluster and Image constructors: only the addon calls them, with the native state as an external. */
@@ -222,15 +250,16 @@ static napi_value construct(napi_env env, napi_callback_info info, const char *m
   size_t argc = 1;
   napi_value arg, self;
   napi_valuetype type;
-  void *data;
+  void *data, *addon;
   CHECK(env, napi_get_cb_info(env, info, &argc, &arg, &self, NULL));
   if (argc < 1 || napi_typeof(env, arg, &type) != napi_ok || type != napi_external) {
     napi_throw_type_error(env, NULL, misuse);
     return NULL;
   }
   CHECK(env, napi_get_value_external(env, arg, &data));
-  if (napi_wrap(env, self, data, finalize, NULL, NULL) != napi_ok) {
-    finalize(env, data, NULL); /* never wrapped, so never finalized: release now */
+  CHECK(env, napi_get_instance_data(env, &addon));
+  if (napi_wrap(env, self, data, finalize, addon, NULL) != napi_ok) {
+    finalize(env, data, addon); /* never wrapped, so never finalized: release now */
     return throw_last_error(env);
   }
   return self;
@@ -522,11 +551,10 @@ static napi_value aio_start(napi_env env, napi_value self, image_t *img, aio_op_
 
 /* ----------------------------------------------------------------- Image */
 
-static void image_finalize(napi_env env, void *data, void *hint) {
+static void image_finalize(napi_env env, void *data, void *addon) {
   (void)env;
-  (void)hint;
   image_t *img = data;
-  if (!img->closed) release_detached(img->h);
+  if (!img->closed) release_unclosed(img->h, addon);
   free(img);
 }
 
@@ -669,11 +697,10 @@ static napi_value image_close(napi_env env, napi_callback_info info) {
 
 /* --------------------------------------------------------------- Cluster */
 
-static void cluster_finalize(napi_env env, void *data, void *hint) {
+static void cluster_finalize(napi_env env, void *data, void *addon) {
   (void)env;
-  (void)hint;
   cluster_obj_t *obj = data;
-  if (!obj->shut_down) release_detached((image_handles_t){.cluster = obj->cluster});
+  if (!obj->shut_down) release_unclosed((image_handles_t){.cluster = obj->cluster}, addon);
   free(obj);
 }
 
@@ -824,6 +851,8 @@ static napi_value init(napi_env env, napi_value exports) {
   CHECK(env, napi_create_threadsafe_function(env, NULL, NULL, name, 0, 1, NULL, NULL, NULL, aio_complete_js, &addon->tsfn));
   CHECK(env, napi_unref_threadsafe_function(env, addon->tsfn));
   CHECK(env, napi_set_instance_data(env, addon, addon_finalize, NULL));
+  /* registered after the environment's own cleanup, so it runs before the finalizers */
+  CHECK(env, napi_add_env_cleanup_hook(env, addon_teardown, addon));
   CHECK(env, napi_create_function(env, "connect", NAPI_AUTO_LENGTH, rbd_connect, NULL, &fn));
   CHECK(env, napi_set_named_property(env, exports, "connect", fn));
   CHECK(env, napi_create_function(env, "stats", NAPI_AUTO_LENGTH, rbd_stats, NULL, &fn));
