@@ -33,10 +33,10 @@ export function needsCeph(): string | false {
 }
 
 /**
- * Starts the cluster with scripts/ceph/up (installing Ceph if needed). When
- * this call started it, `owner`'s teardown stops it again with
- * scripts/ceph/down; a cluster that was already running is left running, with
- * only the images these tests created removed.
+ * Starts the cluster with scripts/ceph/up (installing Ceph if needed). At
+ * `owner`'s teardown the images these tests created are removed, and the
+ * cluster is stopped with scripts/ceph/down if this call started it; one that
+ * was already running is left running.
  */
 export async function startCeph(owner: { teardown(fn: () => Promise<void>): void }): Promise<CephCluster> {
   const { stdout } = await run(path.join(scripts, 'up'), [], { timeout: 600_000 })
@@ -56,9 +56,13 @@ export async function startCeph(owner: { teardown(fn: () => Promise<void>): void
   const images: string[] = []
   const rbd = async (...args: string[]): Promise<string> =>
     (await run('rbd', ['-c', conf, '--id', user, ...args], { timeout: 120_000, maxBuffer: 1 << 24 })).stdout
+  const started = get('STARTED') === '1'
   owner.teardown(async () => {
-    if (get('STARTED') === '1') await run(path.join(scripts, 'down'), [], { timeout: 120_000 })
-    else for (const image of images) await rbd('rm', '--no-progress', `${pool}/${image}`)
+    // A memstore OSD's data goes when it stops; anything else keeps the images.
+    if (!started || get('STORE') !== 'memstore') {
+      for (const image of images) await rbd('rm', '--no-progress', `${pool}/${image}`)
+    }
+    if (started) await run(path.join(scripts, 'down'), [], { timeout: 120_000 })
   })
   return {
     conf,
