@@ -27,8 +27,7 @@ export class CinderVolumeService implements VolumeService {
   private readonly http: HttpClient
   private readonly logger: Logger
   private connecting: Promise<CinderClient> | undefined
-  /** What we attached, by id: an offline extend must detach and reattach them. */
-  private readonly attached = new Map<string, Attachment>()
+  private keystone: KeystoneClient | undefined
 
   constructor(options: CinderBackendOptions) {
     this.options = options
@@ -44,6 +43,12 @@ export class CinderVolumeService implements VolumeService {
       throw err
     })
     return await this.connecting
+  }
+
+  /** The project we act for: glance_store records it as image_owner (Cinder's clone-from-image check uses it). */
+  async projectId(): Promise<string | undefined> {
+    await this.client()
+    return (await this.keystone?.token())?.projectId
   }
 
   async create(request: CreateVolumeRequest): Promise<Volume> {
@@ -112,7 +117,8 @@ export class CinderVolumeService implements VolumeService {
     } else if (cinder.supports(FEATURES.onlineExtend)) {
       await cinder.extendVolume(volumeId, newSizeGiB, 'in-use')
     } else {
-      await this.extendOffline(cinder, volumeId, newSizeGiB)
+      // Only the caller holds the open device, so only it can detach, extend and reattach.
+      throw new CinderfsError('ENOTSUP', `Cinder ${cinder.microversion.major}.${cinder.microversion.minor} cannot extend volume ${volumeId} while it is ${volume.status}`, { volumeId })
     }
   }
 
@@ -121,14 +127,11 @@ export class CinderVolumeService implements VolumeService {
   }
 
   async attach(volumeId: string, mode: AttachMode): Promise<Attachment> {
-    const attachment = await (await this.client()).attach(volumeId, mode)
-    this.attached.set(attachment.id, attachment)
-    return attachment
+    return await (await this.client()).attach(volumeId, mode)
   }
 
   async detach(attachment: Attachment): Promise<void> {
     await (await this.client()).detach(attachment)
-    this.attached.delete(attachment.id)
   }
 
   async listOwnAttachments(): Promise<Attachment[]> {
@@ -150,6 +153,7 @@ export class CinderVolumeService implements VolumeService {
   private async connect(): Promise<CinderClient> {
     const { settings } = this.options
     const keystone = new KeystoneClient({ authUrl: settings.authUrl, credentials: settings.credentials, http: this.http, logger: this.logger })
+    this.keystone = keystone
     this.logger.info({ source: settings.source }, 'connecting to OpenStack')
     return await CinderClient.connect({
       keystone,
@@ -164,24 +168,6 @@ export class CinderVolumeService implements VolumeService {
     })
   }
 
-  /**
-   * Before 3.42 an attached volume cannot grow: detach our attachments,
-   * extend, attach again in the same modes. The caller's Attachment objects
-   * are updated in place (new id and connection info), so its later
-   * detach() still names the live attachment.
-   */
-  private async extendOffline(cinder: CinderClient, volumeId: string, newSizeGiB: number): Promise<void> {
-    const ours = [...this.attached.values()].filter(a => a.volumeId === volumeId)
-    if (ours.length === 0) throw new CinderfsError('EBUSY', `volume ${volumeId} is attached elsewhere; Cinder ${cinder.microversion.major}.${cinder.microversion.minor} cannot extend it in use`, { volumeId })
-    this.logger.info({ volumeId, newSizeGiB, attachments: ours.length }, 'extending offline: detach, extend, reattach')
-    for (const attachment of ours) await this.detach(attachment)
-    await cinder.extendVolume(volumeId, newSizeGiB, 'available')
-    for (const attachment of ours) {
-      const fresh = await this.attach(volumeId, attachment.mode)
-      Object.assign(attachment, fresh)
-      this.attached.set(fresh.id, attachment)
-    }
-  }
 }
 
 /** What os-brick would report: an address of this host, the loopback one only when there is no other. */

@@ -1,15 +1,20 @@
 import fs from 'node:fs'
-import type { Config } from '../config/config.js'
+import { defaults, type Config } from '../config/config.js'
+import { openStackSettings } from '../config/openstack.js'
 import type { Connector } from '../connectors/connector.js'
 import { LocalConnector } from '../connectors/local.js'
-import { ConfigError } from '../errors/errors.js'
+import { RbdConnector } from '../connectors/rbd.js'
+import { ConfigError, errorCode, errorMessage } from '../errors/errors.js'
 import type { Logger } from '../log/logger.js'
+import { CinderVolumeService } from './cinder.js'
 import { LocalVolumeService } from './local.js'
 import type { VolumeService } from './volume-service.js'
 
 export interface Backend {
   service: VolumeService
   connectors: Connector[]
+  /** image_owner of new images. */
+  imageOwner: string
 }
 
 /** The composition of a backend and the connectors its connection infos need. */
@@ -18,9 +23,29 @@ export async function openBackend(config: Config, logger: Logger): Promise<Backe
     case 'local': {
       const useLoopDevices = process.getuid?.() === 0 && fs.existsSync('/dev/loop-control')
       const service = await LocalVolumeService.open({ dir: config.localDir, host: config.host, useLoopDevices, logger })
-      return { service, connectors: [new LocalConnector({ allowRegularFiles: !useLoopDevices })] }
+      return { service, connectors: [new LocalConnector({ allowRegularFiles: !useLoopDevices })], imageOwner: config.imageOwner ?? defaults.localImageOwner }
     }
-    case 'cinder':
-      throw new ConfigError('--backend cinder: not available in this build yet')
+    case 'cinder': {
+      const settings = openStackSettings({
+        ...(config.osCloud === undefined ? {} : { osCloud: config.osCloud }),
+        ...(config.glanceConfig === undefined ? {} : { glanceConfig: config.glanceConfig }),
+        overrides: config.volumeType === undefined ? {} : { volumeType: config.volumeType },
+      })
+      const service = new CinderVolumeService({ settings, logger, host: config.host })
+      let project: string | undefined
+      try {
+        // Authenticate now: wrong credentials are a configuration mistake, said once, at mount.
+        project = await service.projectId()
+      } catch (err) {
+        await service.close()
+        const code = errorCode(err)
+        if (code === 'EACCES' || code === 'ENOENT') throw new ConfigError(`cannot use OpenStack (${settings.source}): ${errorMessage(err)}`)
+        throw err
+      }
+      const imageOwner = config.imageOwner ?? project
+      if (imageOwner === undefined) throw new ConfigError('--image-owner: the token names no project; give the project id that should own the images')
+      // Cinder's drivers hand out local block devices (LVM, the test driver) or librbd names (Ceph).
+      return { service, connectors: [new LocalConnector({ allowRegularFiles: false }), new RbdConnector({ keyringDir: config.cephKeyringDir })], imageOwner }
+    }
   }
 }

@@ -155,9 +155,10 @@ export class LocalVolumeService implements VolumeService {
   }
 
   async extend(volumeId: string, newSizeGiB: number): Promise<void> {
+    if (!Number.isInteger(newSizeGiB) || newSizeGiB < 1) fail('EINVAL', `volume size must be a whole number of GiB, got ${newSizeGiB}`)
     const record = await this.update(volumeId, r => {
-      if (!Number.isInteger(newSizeGiB) || newSizeGiB <= r.sizeGiB) fail('EINVAL', `new size ${newSizeGiB} GiB must be larger than ${r.sizeGiB} GiB`)
-      r.sizeGiB = newSizeGiB
+      // Never shrinks: a smaller size is a no-op, as with Cinder.
+      r.sizeGiB = Math.max(r.sizeGiB, newSizeGiB)
     })
     await fs.truncate(this.imagePath(record.id), newSizeGiB * GiB)
     for (const attachment of await this.attachmentsOf(volumeId)) {

@@ -68,9 +68,10 @@ export interface VolumeService {
   updateMetadata(volumeId: string, changes: Record<string, string | null>): Promise<void>
   setReadOnly(volumeId: string, readOnly: boolean): Promise<void>
   /**
-   * Grow to `newSizeGiB` (never shrinks). `attached` says the volume is
-   * attached to us right now, so the backend must extend it online (Cinder
-   * microversion 3.42) or detach/extend/reattach on its own.
+   * Grow to `newSizeGiB` (never shrinks; a smaller size is a no-op). When the
+   * volume is attached (`attached`) and the backend cannot extend it online
+   * (Cinder before microversion 3.42), throws ENOTSUP: only the holder of the
+   * open device can detach, extend and attach again.
    */
   extend(volumeId: string, newSizeGiB: number, attached: boolean): Promise<void>
   delete(volumeId: string): Promise<void>

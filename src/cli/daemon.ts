@@ -24,7 +24,7 @@ export async function runMount(config: Config, log: Logger): Promise<number> {
   const store = new ImageStore({ service, logger: log, listTtlMs: config.listTtlSeconds * 1000, owner: { uid: config.uid, gid: config.gid } })
   const fs = new ImageFs({
     service, store, attachments, cache, logger: log, readOnly: config.readOnly, writeBuffer: config.writeBuffer,
-    imageOwner: config.imageOwner, host: config.host, uid: config.uid, gid: config.gid,
+    imageOwner: backend.imageOwner, host: config.host, uid: config.uid, gid: config.gid,
   })
   const metrics = new Metrics()
   try {

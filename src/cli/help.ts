@@ -40,8 +40,22 @@ OPTIONS
         Writes held in memory while a volume grows (default 256M).
     --list-ttl SECONDS
         How long a volume listing is trusted (default 5).
+    --os-cloud NAME
+        cinder backend: the cloud of clouds.yaml to use (./clouds.yaml,
+        ~/.config/openstack/clouds.yaml, /etc/openstack/clouds.yaml).
+        Without it, OS_CLOUD or the standard OS_* variables are used.
+    --glance-config FILE
+        cinder backend: use exactly Glance's cinder store account and options
+        (cinder_store_*, cinder_volume_type, cinder_catalog_info, ...) from
+        glance-api.conf.
+    --volume-type NAME
+        cinder backend: volume type of new image volumes.
+    --ceph-keyring-dir DIR
+        Where <cluster>.client.<user>.keyring files are, for volumes Cinder
+        serves from Ceph RBD (default /etc/ceph).
     --image-owner ID
-        image_owner of new images: Glance's project id (default cinderfs).
+        image_owner of new images (default: the project of the OpenStack
+        account, as Glance records it; cinderfs with the local backend).
     --host NAME
         Host name used for attachments and recovery (default: this host's).
     --allow-other

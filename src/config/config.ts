@@ -25,8 +25,16 @@ export interface Config {
   allowOther: boolean
   readOnly: boolean
   logLevel: string
-  /** `image_owner` of new images: the project that owns them (Glance's service project). */
-  imageOwner: string
+  /** `image_owner` of new images; undefined: the backend's project (cinder) or `cinderfs` (local). */
+  imageOwner: string | undefined
+  /** cinder backend: a cloud of clouds.yaml (else OS_CLOUD, else the OS_* variables). */
+  osCloud: string | undefined
+  /** cinder backend: read Glance's own cinder store account from this glance-api.conf. */
+  glanceConfig: string | undefined
+  /** cinder backend: volume type of new image volumes (overrides the configuration's). */
+  volumeType: string | undefined
+  /** rbd connector: where `<cluster>.client.<user>.keyring` files are (Cinder never sends the key). */
+  cephKeyringDir: string
   /** Host name this daemon attaches as; recovery cleans up only what this host left. */
   host: string
   /** Owner and group shown for images that carry none. */
@@ -48,7 +56,8 @@ export const defaults = {
   writeBuffer: 256 * 1024 ** 2,
   listTtlSeconds: 5,
   logLevel: 'info',
-  imageOwner: 'cinderfs',
+  localImageOwner: 'cinderfs',
+  cephKeyringDir: '/etc/ceph',
 }
 
 const logLevels = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']
@@ -65,7 +74,10 @@ export function validateConfig(config: Config): Config {
   if (!Number.isFinite(config.idleDetachSeconds) || config.idleDetachSeconds < 0) throw new ConfigError('--idle-detach: must be a number of seconds, 0 or more')
   if (!Number.isFinite(config.listTtlSeconds) || config.listTtlSeconds < 0) throw new ConfigError('--list-ttl: must be a number of seconds, 0 or more')
   if (!logLevels.includes(config.logLevel)) throw new ConfigError(`--log-level: '${config.logLevel}' is not one of ${logLevels.join(', ')}`)
-  if (config.imageOwner === '' || config.imageOwner.length > 255) throw new ConfigError('--image-owner: must be 1 to 255 characters')
+  if (config.imageOwner !== undefined && (config.imageOwner === '' || config.imageOwner.length > 255)) throw new ConfigError('--image-owner: must be 1 to 255 characters')
   if (config.host === '') throw new ConfigError('--host: must not be empty')
+  if (config.backend === 'local' && (config.osCloud ?? config.glanceConfig ?? config.volumeType) !== undefined) {
+    throw new ConfigError('--os-cloud, --glance-config and --volume-type need --backend cinder')
+  }
   return config
 }
