@@ -39,7 +39,8 @@ export function parseCommand(argv: string[]): Command {
   try {
     parsed = parseArgs({ args: argv, options, allowPositionals: true, strict: true })
   } catch (err) {
-    throw new ConfigError(errorMessage(err).replace(/\. To specify.*$/s, ''))
+    // node's own messages can run to three lines; the first says what is wrong.
+    throw new ConfigError(errorMessage(err).split('\n')[0] ?? 'bad arguments')
   }
   const { values, positionals } = parsed
   if (values.help === true) return { kind: 'help' }

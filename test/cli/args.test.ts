@@ -1,0 +1,48 @@
+import path from 'node:path'
+import t from 'tap'
+import { parseCommand } from '../../src/cli/args.js'
+import { run } from '../helpers/shell.js'
+
+const cli = path.join(__dirname, '..', '..', '..', 'bin', 'cinderfs')
+
+t.test('mount flags become a validated configuration', async t => {
+  const command = parseCommand(['mount', '/mnt/images', '--cache-size', '1G', '--block-size', '256K', '--idle-detach', '5', '--read-only'])
+  if (command.kind !== 'mount') throw new Error('expected mount')
+  t.equal(command.config.mountpoint, '/mnt/images')
+  t.equal(command.config.cacheSize, 1024 ** 3)
+  t.equal(command.config.blockSize, 256 * 1024)
+  t.equal(command.config.idleDetachSeconds, 5)
+  t.equal(command.config.readOnly, true)
+  t.equal(command.config.backend, 'local', 'the embedded backend is the default')
+})
+
+t.test('bad flags and values are refused with one line', async t => {
+  const cases: Array<[string[], RegExp]> = [
+    [['mount'], /missing MOUNTPOINT/],
+    [['frobnicate', '/m'], /unknown command 'frobnicate'/],
+    [['mount', '/m', '--cache-size', 'lots'], /--cache-size: 'lots' is not a size/],
+    [['mount', '/m', '--block-size', '3000'], /power of two/],
+    [['mount', '/m', '--cache-size', '1M', '--block-size', '1M'], /at least 4 blocks/],
+    [['mount', '/m', '--backend', 'nfs'], /not local or cinder/],
+    [['mount', '/m', '--idle-detach=-1'], /not a number of seconds/],
+    [['mount', '/m', '--idle-detach', '-1'], /^Option '--idle-detach' argument is ambiguous\.$/],
+    [['mount', '/m', '--log-level', 'loud'], /not one of/],
+    [['mount', '/m', '--os-cloud', 'x'], /need --backend cinder/],
+    [['mount', '/m', '--no-such-flag'], /Unknown option '--no-such-flag'/],
+  ]
+  for (const [argv, message] of cases) t.throws(() => parseCommand(argv), { name: 'ConfigError', message }, argv.join(' '))
+})
+
+t.test('the command line: exit 2 and one line on stderr for mistakes; --help reads like a man page', async t => {
+  const bad = await run(`'${cli}' mount /nonexistent-dir-for-cinderfs --block-size 3K`)
+  t.equal(bad.code, 2, 'exit code 2')
+  t.equal(bad.stderr.trim().split('\n').length, 1, 'one line')
+  t.match(bad.stderr, /^cinderfs: --block-size/)
+  const missing = await run(`'${cli}' mount /nonexistent-dir-for-cinderfs --local-dir /tmp/cinderfs-args-test`)
+  t.equal(missing.code, 2, 'a missing mount point is a usage error')
+  t.match(missing.stderr, /mount point \/nonexistent-dir-for-cinderfs does not exist/)
+  const help = await run(`'${cli}' --help`)
+  t.equal(help.code, 0)
+  for (const section of ['NAME', 'SYNOPSIS', 'DESCRIPTION', 'OPTIONS', 'EXIT STATUS', 'EXAMPLES']) t.match(help.stdout, new RegExp(`^${section}$`, 'm'), `has ${section}`)
+  t.equal((await run(`'${cli}' unmount /nonexistent-dir-for-cinderfs`)).code, 2, 'unmount of something not mounted: exit 2')
+})
