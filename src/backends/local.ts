@@ -154,7 +154,7 @@ export class LocalVolumeService implements VolumeService {
     })
   }
 
-  async extend(volumeId: string, newSizeGiB: number): Promise<void> {
+  async extend(volumeId: string, newSizeGiB: number, _attached = false): Promise<void> {
     if (!Number.isInteger(newSizeGiB) || newSizeGiB < 1) fail('EINVAL', `volume size must be a whole number of GiB, got ${newSizeGiB}`)
     const record = await this.update(volumeId, r => {
       // Never shrinks: a smaller size is a no-op, as with Cinder.
