@@ -36,6 +36,8 @@ export interface AttachmentManagerOptions {
  */
 export class AttachmentManager {
   private readonly entries = new Map<string, Entry>()
+  /** Detaches in flight: a new attach of the same volume waits for them (a normal Cinder volume takes one attachment). */
+  private readonly detaching = new Map<string, Promise<void>>()
   private readonly log: Logger
 
   constructor(private readonly options: AttachmentManagerOptions) {
@@ -43,6 +45,7 @@ export class AttachmentManager {
   }
 
   async acquire(volumeId: string, mode: AttachMode): Promise<Lease> {
+    while (!this.entries.has(volumeId) && this.detaching.has(volumeId)) await this.detaching.get(volumeId)
     let entry = this.entries.get(volumeId)
     if (entry !== undefined && mode === 'rw' && entry.mode === 'ro') {
       fail('EBUSY', `volume ${volumeId} is attached read-only here; it cannot be written`, { volumeId })
@@ -145,9 +148,18 @@ export class AttachmentManager {
   private async teardown(entry: Entry): Promise<void> {
     if (this.entries.get(entry.volumeId) === entry) this.entries.delete(entry.volumeId)
     if (entry.idleTimer !== undefined) clearTimeout(entry.idleTimer)
-    const { attachment, device } = await entry.ready
-    await device.close()
-    await this.options.service.detach(attachment)
-    this.log.info({ volumeId: entry.volumeId, attachmentId: attachment.id }, 'detached')
+    const done = (async () => {
+      const { attachment, device } = await entry.ready
+      await device.close()
+      await this.options.service.detach(attachment)
+      this.log.info({ volumeId: entry.volumeId, attachmentId: attachment.id }, 'detached')
+    })()
+    const settled = done.then(() => undefined, () => undefined)
+    this.detaching.set(entry.volumeId, settled)
+    try {
+      await done
+    } finally {
+      if (this.detaching.get(entry.volumeId) === settled) this.detaching.delete(entry.volumeId)
+    }
   }
 }
