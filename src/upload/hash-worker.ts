@@ -12,10 +12,11 @@ const zeros = Buffer.alloc(1024 * 1024)
 
 port.on('message', (request: HashRequest) => {
   if (request.type === 'data') {
-    const data = new Uint8Array(request.data)
+    const data = new Uint8Array(request.data, 0, request.length)
     md5.update(data)
     sha512.update(data)
-    reply({ type: 'ack', bytes: data.byteLength })
+    // The chunk goes back to the writer's side for reuse.
+    port?.postMessage({ type: 'ack', bytes: request.length, data: request.data } satisfies HashReply, [request.data])
   } else if (request.type === 'zeros') {
     for (let left = request.length; left > 0; left -= zeros.length) {
       const chunk = left >= zeros.length ? zeros : zeros.subarray(0, left)
