@@ -4,7 +4,7 @@
 Called by scripts/openstack/up once Keystone answers. Reads its settings
 from the environment (set by up): KS_URL, CINDER_URL, REGION, BACKEND,
 ADMIN_PASSWORD, CINDER_PASSWORD, GLANCE_PASSWORD, MEMBER_PASSWORD,
-WAIT_SECONDS. Raw REST over keystoneauth1 (a Cinder dependency) keeps it to
+WAIT_SECONDS, and RBD_BACKEND (empty: none) for the volume type `rbd`. Raw REST over keystoneauth1 (a Cinder dependency) keeps it to
 one Python process instead of many slow CLI calls.
 """
 import os
@@ -91,30 +91,38 @@ H = {'OpenStack-API-Version': 'volume 3.50'}
 # not from the catalog: this session's token predates the entries above
 volume_ep = env['CINDER_URL'] + '/v3/' + admin.get_project_id()
 deadline = time.monotonic() + float(env['WAIT_SECONDS'])
-want = 'cinder-test@' + BACKEND
+RBD_BACKEND = env.get('RBD_BACKEND', '')
+wanted = ['cinder-test@' + b for b in (BACKEND, RBD_BACKEND) if b]
 while True:
     try:
         services = admin.get(volume_ep + '/os-services', headers=H,
                              params={'binary': 'cinder-volume'}).json()
-        if any(s['host'] == want and s['state'] == 'up'
-               for s in services['services']):
+        up = {s['host'] for s in services['services'] if s['state'] == 'up'}
+        if all(w in up for w in wanted):
             break
     except Exception:  # cinder-api is still starting: ask again
         pass
     if time.monotonic() > deadline:
-        sys.exit('cinder-volume %s is not up (see the logs)' % want)
+        sys.exit('cinder-volume %s is not up (see the logs)' % wanted)
     time.sleep(0.5)
 
 types = {t['name']: t for t in admin.get(
     volume_ep + '/types', headers=H).json()['volume_types']}
-admin.post(volume_ep + '/types/%s/extra_specs' % types['__DEFAULT__']['id'],
-           headers=H, json={'extra_specs': {'volume_backend_name': BACKEND}})
+# Cinder refuses to change the specs of a type that volumes use (HTTP 400),
+# as on a rerun while tests hold volumes: set it only when it differs.
+default = types['__DEFAULT__']
+if default.get('extra_specs', {}).get('volume_backend_name') != BACKEND:
+    admin.post(volume_ep + '/types/%s/extra_specs' % default['id'],
+               headers=H, json={'extra_specs': {'volume_backend_name': BACKEND}})
 if 'multiattach' not in types:
     admin.post(volume_ep + '/types', headers=H, json={'volume_type': {
         'name': 'multiattach', 'extra_specs': {
             'volume_backend_name': BACKEND, 'multiattach': '<is> True'}}})
+if RBD_BACKEND and 'rbd' not in types:
+    admin.post(volume_ep + '/types', headers=H, json={'volume_type': {
+        'name': 'rbd', 'extra_specs': {'volume_backend_name': RBD_BACKEND}}})
 # back to the raised defaults of cinder.conf (a test may have lowered them)
 for p in (service_p, members_p):
     admin.delete(volume_ep + '/os-quota-sets/' + p['id'], headers=H)
 print('provisioned: projects service=%s cinderfs-members=%s; %s up'
-      % (service_p['id'], members_p['id'], want))
+      % (service_p['id'], members_p['id'], ' '.join(wanted)))

@@ -7,13 +7,16 @@ import { ConnectorRegistry } from '../connectors/registry.js'
 import { errorMessage } from '../errors/errors.js'
 import { ImageFs } from '../fs/image-fs.js'
 import { fuseOperations } from '../fuse/fuse-adapter.js'
-import { mountFuse } from '../fuse/mount.js'
+import { isMounted, mountFuse } from '../fuse/mount.js'
 import type { Logger } from '../log/logger.js'
 import { Metrics } from '../metrics/metrics.js'
 import { ImageStore } from '../store/image-store.js'
 import { removePidFile, writePidFile } from './runtime.js'
 
-/** Builds the layers, recovers, mounts, and runs until SIGINT/SIGTERM. Resolves with the exit code. */
+/** How often the daemon looks whether someone else unmounted it (fusermount -u, umount). */
+const mountCheckMs = 2000
+
+/** Builds the layers, recovers, mounts, and runs until SIGINT/SIGTERM or an outside unmount. Resolves with the exit code. */
 export async function runMount(config: Config, log: Logger): Promise<number> {
   const backend = await openBackend(config, log)
   const { service } = backend
@@ -44,14 +47,21 @@ export async function runMount(config: Config, log: Logger): Promise<number> {
   process.on('SIGUSR2', report)
   return new Promise<number>(resolve => {
     let stopping = false
+    // fuse-native does not say when the kernel ends the session, so an outside
+    // unmount would leave the daemon running with its volumes attached.
+    const watch = setInterval(() => {
+      void isMounted(config.mountpoint).then(mounted => { if (!mounted) stop('unmounted') }, () => undefined)
+    }, mountCheckMs)
+    watch.unref()
     const stop = (signal: string): void => {
       if (stopping) return
       stopping = true
+      clearInterval(watch)
       log.info({ signal }, 'stopping')
       void (async () => {
         let code = 0
         for (const [step, work] of [
-          ['unmount', async () => mount.unmount()],
+          ['unmount', async () => { if (signal !== 'unmounted') await mount.unmount() }],
           ['shutdown', async () => fs.shutdown()],
           ['backend', async () => service.close()],
           ['pidfile', async () => removePidFile(config.mountpoint)],

@@ -151,17 +151,23 @@ export class ImageFs {
     upload.writeHandles--
     if (upload.writeHandles > 0) return
     this.uploads.delete(upload.volumeId)
-    if (!upload.isOpen) return
-    if (upload.discarded) {
-      await this.dropUpload(upload, 'unlinked while open')
-      return
+    if (upload.isOpen) {
+      if (upload.discarded) {
+        await this.dropUpload(upload, 'unlinked while open')
+        return
+      }
+      try {
+        upload.throwIfFailed()
+        await this.finalise(upload)
+      } catch (err) {
+        await this.dropUpload(upload, `finalisation failed: ${errorMessage(err)}`)
+        return
+      }
     }
-    try {
-      upload.throwIfFailed()
-      await this.finalise(upload)
-    } catch (err) {
-      await this.dropUpload(upload, `finalisation failed: ${errorMessage(err)}`)
-    }
+    // Complete already; the read-only flag only guards it from other writers.
+    await upload.seal().catch((err: unknown) => {
+      this.log.warn({ volumeId: upload.volumeId, err: errorMessage(err) }, 'marking the image read-only failed')
+    })
   }
 
   async truncate(path: string, size: number): Promise<void> {

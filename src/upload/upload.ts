@@ -71,6 +71,7 @@ export class Upload {
   /** Set when the file was unlinked while open: its data is discarded, not finalised. */
   discarded = false
   private state: State = 'open'
+  private sealed = false
   private capacity: number
   private lease: Lease
   private hasher = new Hasher()
@@ -107,8 +108,7 @@ export class Upload {
    * finalises again. Hashes come from reading back unless nothing was written.
    */
   async reopen(): Promise<void> {
-    if (this.state !== 'final') fail('EROFS', `${this.name} is not reopenable`)
-    await this.options.service.setReadOnly(this.volumeId, false)
+    if (this.state !== 'final' || this.sealed) fail('EROFS', `${this.name} is not reopenable`)
     await this.options.service.updateMetadata(this.volumeId, { [keys.state]: 'uploading', [keys.host]: this.options.host })
     this.lease = await this.options.attachments.acquire(this.volumeId, 'rw')
     this.hasher = new Hasher()
@@ -178,7 +178,20 @@ export class Upload {
   }
 
   /**
-   * Flush, hash, detach, mark read-only, then write the final metadata: the
+   * Marks the finalised volume read-only once no handle can write any more
+   * (release). Not at finalisation: a write after a shell's dup close reopens
+   * the volume, and Cinder would then attach it read-only for good, since an
+   * attachment-create takes the admin metadata readonly='False' that
+   * unsetting the flag leaves as true.
+   */
+  async seal(): Promise<void> {
+    if (this.state !== 'final' || this.sealed) return
+    this.sealed = true
+    await this.options.service.setReadOnly(this.volumeId, true)
+  }
+
+  /**
+   * Flush, hash, detach, then write the final metadata: the
    * last step clears the uploading mark, so a crash anywhere before it leaves
    * a volume that recovery deletes, never one that looks complete.
    */
@@ -196,7 +209,6 @@ export class Upload {
       }
       this.lease.release()
       await this.options.attachments.detach(this.volumeId)
-      await this.options.service.setReadOnly(this.volumeId, true)
       const attrs: Required<PendingAttributes> = {
         mtimeNs: this.attrs.mtimeNs ?? BigInt(Date.now()) * 1_000_000n,
         mode: this.attrs.mode ?? 0o644,
