@@ -117,9 +117,12 @@ export class ImageFs {
 
   /**
    * close(2) of a writer lands here, and errors here reach the writer (those
-   * of release never do). So the upload is finalised here when this is the
-   * last handle that can write. If that close was only of a dup (a shell's
-   * dup2 and close before the command writes), a later write reopens it.
+   * of release never do). So the upload is finalised here when this handle
+   * wrote and is the last that can write. A flush from a handle that wrote
+   * nothing finalises nothing: dd and shells open the file, dup2 it and close
+   * the original before the first write, and finalising there would cost a
+   * detach and an attach (release finalises a file nobody wrote). If a dirty
+   * flush was only of a duplicate, a later write reopens the image.
    */
   async flush(fh: number): Promise<void> {
     const handle = this.handles.get(fh)
@@ -127,7 +130,7 @@ export class ImageFs {
     if (!handle.writable || upload === undefined || upload.discarded) return
     try {
       upload.throwIfFailed()
-      if (upload.writeHandles > 1 || !upload.isOpen) return
+      if (!handle.dirty || upload.writeHandles > 1 || !upload.isOpen) return
       handle.dirty = false
       await this.finalise(upload)
     } catch (err) {
@@ -306,7 +309,14 @@ export class ImageFs {
       await this.o.service.detach(attachment)
     }
     for (const image of await this.o.store.scan()) {
-      if (image.attrs.state === 'final' || image.attrs.host !== this.o.host) continue
+      if (image.attrs.host !== this.o.host) continue
+      if (image.attrs.state === 'final') {
+        // Complete, but the daemon died before the last writer's release marked it read-only.
+        this.log.warn({ volumeId: image.volume.id, name: image.name }, 'recovery: marking a finalised image read-only')
+        if (!image.volume.readOnly) await this.o.service.setReadOnly(image.volume.id, true)
+        await this.o.service.updateMetadata(image.volume.id, { [keys.host]: null })
+        continue
+      }
       this.log.warn({ volumeId: image.volume.id, name: image.name, state: image.attrs.state }, 'recovery: deleting a volume left half-done by an earlier run')
       await this.o.service.delete(image.volume.id)
     }

@@ -188,6 +188,8 @@ export class Upload {
     if (this.state !== 'final' || this.sealed) return
     this.sealed = true
     await this.options.service.setReadOnly(this.volumeId, true)
+    // The host mark stays until here, so recovery can seal an image whose daemon died before this.
+    await this.options.service.updateMetadata(this.volumeId, { [keys.host]: null })
   }
 
   /**
@@ -221,7 +223,6 @@ export class Upload {
         [keys.md5]: digests.md5,
         [keys.sha512]: digests.sha512,
         [keys.state]: null,
-        [keys.host]: null,
       })
       this.state = 'final'
       const seconds = Math.max(0.001, (Date.now() - this.startedAt) / 1000)

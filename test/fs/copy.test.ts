@@ -4,6 +4,10 @@ import { needsFuse } from '../helpers/requirements.js'
 import { run, sh, sha256, xattr } from '../helpers/shell.js'
 
 const MiB = 1024 * 1024
+
+async function finalised(file: string): Promise<void> {
+  for (let i = 0; i < 100 && (await run(`/usr/bin/python3 -c 'import os,sys; os.getxattr(sys.argv[1], "user.cinderfs.md5")' '${file}'`)).code !== 0; i++) await sh('sleep 0.1')
+}
 const sizes = [0, 1, 4095, MiB + 1, 300 * MiB]
 
 t.test('cp in and cat out: every size comes back byte for byte, with exact sizes and hashes', { skip: needsFuse() }, async t => {
@@ -21,9 +25,13 @@ t.test('cp in and cat out: every size comes back byte for byte, with exact sizes
     t.equal(await sha256(daemon.file(name)), await sha256(source), `${size} bytes: sha256 equal`)
     const md5 = (await sh(`md5sum '${source}'`)).split(' ')[0]
     const sha512 = (await sh(`sha512sum '${source}'`)).split(' ')[0]
+    // A file nobody wrote (0 B) is finalised at release, which FUSE sends just after close returns.
+    await finalised(daemon.file(name))
     t.equal(await xattr(daemon.file(name), 'user.cinderfs.md5'), md5, 'md5 stored as Glance computes checksum')
     t.equal(await xattr(daemon.file(name), 'user.cinderfs.sha512'), sha512, 'sha512 stored as Glance computes os_hash_value')
   }
+  // The read-only flag is set at the last writer's release, just after close returns.
+  for (let i = 0; i < 50 && (await localVolumes(ws.localDir)).some(v => !v.readOnly); i++) await sh('sleep 0.1')
   const volumes = await localVolumes(ws.localDir)
   t.equal(volumes.length, sizes.length, 'one volume per file')
   for (const volume of volumes) {
