@@ -11,7 +11,7 @@ import { GiB } from '../../src/backends/volume-service.js'
 import { xattrNames } from '../../src/fs/types.js'
 import { randomFile, startDaemon, workspace, type Daemon } from '../helpers/daemon.js'
 import { glanceStore, needsGlanceStore } from '../helpers/glance-store.js'
-import { CLOUDS, openStackSuite, rigLoopDevices, STATE_DIR } from '../helpers/openstack.js'
+import { CLOUDS, openStackSuite, rigLoopDevices, STATE_DIR, testName } from '../helpers/openstack.js'
 import { sh, sha256, xattr } from '../helpers/shell.js'
 
 const MiB = 1024 ** 2
@@ -26,8 +26,9 @@ function deletedAtEnd(t: Test, location: string): void {
   t.teardown(async () => { await glanceStore.delete(location).catch(() => undefined) })
 }
 
+/** A mount with a host name of its own: recovery at start must not touch other daemons' uploads on this machine. */
 async function mount(t: Test): Promise<Daemon> {
-  return startDaemon(t, await workspace(t), ['--backend', 'cinder', '--os-cloud', CLOUDS.glance], { cwd: STATE_DIR })
+  return startDaemon(t, await workspace(t), ['--backend', 'cinder', '--os-cloud', CLOUDS.glance, '--host', testName('glance-host')], { cwd: STATE_DIR })
 }
 
 t.test('an image copied into the mount is read back by glance_store get() byte for byte', { skip }, async t => {
