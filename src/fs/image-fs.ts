@@ -301,12 +301,15 @@ export class ImageFs {
   /**
    * At start: delete attachments this host left behind, and volumes it was
    * uploading or deleting when it stopped (a partial upload is never shown
-   * as an image; we do not resume it).
+   * as an image; we do not resume it). A leftover that cannot be removed now
+   * (Cinder refuses to delete a volume that someone else has attached) is
+   * logged and left for the next start: it must not keep every other image
+   * from being served.
    */
   async recover(): Promise<void> {
     for (const attachment of await this.o.service.listOwnAttachments()) {
       this.log.warn({ volumeId: attachment.volumeId, attachmentId: attachment.id }, 'recovery: deleting an attachment left by an earlier run')
-      await this.o.service.detach(attachment)
+      await this.o.service.detach(attachment).catch((err: unknown) => { this.log.error({ err, volumeId: attachment.volumeId, attachmentId: attachment.id }, 'recovery: could not delete the attachment; left as it is') })
     }
     for (const image of await this.o.store.scan()) {
       if (image.attrs.host !== this.o.host) continue
@@ -318,7 +321,7 @@ export class ImageFs {
         continue
       }
       this.log.warn({ volumeId: image.volume.id, name: image.name, state: image.attrs.state }, 'recovery: deleting a volume left half-done by an earlier run')
-      await this.o.service.delete(image.volume.id)
+      await this.o.service.delete(image.volume.id).catch((err: unknown) => { this.log.error({ err, volumeId: image.volume.id, name: image.name }, 'recovery: could not delete the volume; it stays hidden and is retried at the next start') })
     }
   }
 

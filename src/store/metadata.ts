@@ -64,7 +64,7 @@ export function decodeImage(volume: Volume, owner: OwnerDefaults): ImageAttribut
     mode: parseOctal(m[keys.mode]) ?? defaultMode,
     uid: parseDecimal(m[keys.uid]) ?? owner.uid,
     gid: parseDecimal(m[keys.gid]) ?? owner.gid,
-    state: parseState(m[keys.state]),
+    state: glanceStoreUploading(volume) ? 'uploading' : parseState(m[keys.state]),
     generation: parseDecimal(m[keys.renamedAt]) ?? volume.createdAt.getTime(),
   }
   const optional = { md5: m[keys.md5], sha512: m[keys.sha512], host: m[keys.host] }
@@ -72,6 +72,20 @@ export function decodeImage(volume: Volume, owner: OwnerDefaults): ImageAttribut
     if (value !== undefined) Object.assign(attrs, { [key]: value })
   }
   return attrs
+}
+
+/**
+ * glance_store's add() creates the volume with its metadata (glance_image_id,
+ * image_size "0" when the size is unknown) first and sets the read-only flag
+ * as its very last step; cinderfs's own images always carry cinderfs_ keys.
+ * A volume with Glance's key, none of ours and no read-only flag is therefore
+ * an upload glance-api is still writing (or died writing): its size or bytes
+ * are not there yet, and attaching it for a reader would make glance_store's
+ * next attach (after each 1 GiB extend) fail. Shown once Glance marks it read-only.
+ */
+function glanceStoreUploading(volume: Volume): boolean {
+  const m = volume.metadata
+  return m[keys.glanceImageId] !== undefined && !volume.readOnly && !Object.keys(m).some(key => key.startsWith('cinderfs_'))
 }
 
 /** Metadata changes for POSIX attributes (utimens, chmod, chown). */

@@ -44,9 +44,12 @@ export async function workspace(t: TapLike): Promise<Workspace> {
   return ws
 }
 
-/** Starts `cinderfs mount` on the workspace and waits for it to be mounted. */
-export async function startDaemon(t: TapLike, ws: Workspace, args: string[] = []): Promise<Daemon> {
-  const child = spawn(process.execPath, [cli, 'mount', ws.mountpoint, '--local-dir', ws.localDir, '--log-level', 'debug', ...args], { stdio: ['ignore', 'ignore', 'pipe'] })
+/**
+ * Starts `cinderfs mount` on the workspace and waits for it to be mounted.
+ * `cwd` is where the daemon runs (its ./clouds.yaml for --os-cloud).
+ */
+export async function startDaemon(t: TapLike, ws: Workspace, args: string[] = [], options: { cwd?: string } = {}): Promise<Daemon> {
+  const child = spawn(process.execPath, [cli, 'mount', ws.mountpoint, '--local-dir', ws.localDir, '--log-level', 'debug', ...args], { stdio: ['ignore', 'ignore', 'pipe'], cwd: options.cwd })
   let logs = ''
   child.stderr?.on('data', (chunk: Buffer) => { logs += chunk.toString() })
   const exited = new Promise<number | null>(resolve => child.on('exit', code => resolve(code)))
