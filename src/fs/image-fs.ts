@@ -307,21 +307,26 @@ export class ImageFs {
    * from being served.
    */
   async recover(): Promise<void> {
+    // One leftover that cannot be cleaned (Cinder refuses, another process holds it) must not fail the mount.
+    const attempt = async (what: string, ids: Record<string, string>, work: () => Promise<void>): Promise<void> => {
+      this.log.warn(ids, `recovery: ${what}`)
+      await work().catch((err: unknown) => { this.log.error({ ...ids, err: errorMessage(err) }, `recovery: could not ${what}; retried at the next start`) })
+    }
     for (const attachment of await this.o.service.listOwnAttachments()) {
-      this.log.warn({ volumeId: attachment.volumeId, attachmentId: attachment.id }, 'recovery: deleting an attachment left by an earlier run')
-      await this.o.service.detach(attachment).catch((err: unknown) => { this.log.error({ err, volumeId: attachment.volumeId, attachmentId: attachment.id }, 'recovery: could not delete the attachment; left as it is') })
+      await attempt('delete an attachment left by an earlier run', { volumeId: attachment.volumeId, attachmentId: attachment.id }, async () => this.o.service.detach(attachment))
     }
     for (const image of await this.o.store.scan()) {
       if (image.attrs.host !== this.o.host) continue
+      const ids = { volumeId: image.volume.id, name: image.name }
       if (image.attrs.state === 'final') {
         // Complete, but the daemon died before the last writer's release marked it read-only.
-        this.log.warn({ volumeId: image.volume.id, name: image.name }, 'recovery: marking a finalised image read-only')
-        if (!image.volume.readOnly) await this.o.service.setReadOnly(image.volume.id, true)
-        await this.o.service.updateMetadata(image.volume.id, { [keys.host]: null })
-        continue
+        await attempt('mark a finalised image read-only', ids, async () => {
+          if (!image.volume.readOnly) await this.o.service.setReadOnly(image.volume.id, true)
+          await this.o.service.updateMetadata(image.volume.id, { [keys.host]: null })
+        })
+      } else {
+        await attempt(`delete a volume left ${image.attrs.state} by an earlier run`, ids, async () => this.o.service.delete(image.volume.id))
       }
-      this.log.warn({ volumeId: image.volume.id, name: image.name, state: image.attrs.state }, 'recovery: deleting a volume left half-done by an earlier run')
-      await this.o.service.delete(image.volume.id).catch((err: unknown) => { this.log.error({ err, volumeId: image.volume.id, name: image.name }, 'recovery: could not delete the volume; it stays hidden and is retried at the next start') })
     }
   }
 

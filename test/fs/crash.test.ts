@@ -27,7 +27,7 @@ with open('${daemon.file('partial')}', 'wb') as out:
 
   const again = await startDaemon(t, ws)
   t.match(again.logs(), /clearing a stale mount/, 'the stale mount was cleared at start')
-  t.match(again.logs(), /recovery: deleting a volume left half-done/, 'recovery deleted the partial volume')
+  t.match(again.logs(), /recovery: delete a volume left uploading by an earlier run/, 'recovery deleted the partial volume')
   t.equal(await sh(`ls '${ws.mountpoint}'`), 'complete\n', 'only the complete image is listed')
   t.equal(await sh(`cat '${again.file('complete')}'`), 'survivor\n', 'and it is intact')
   t.same((await localVolumes(ws.localDir)).map(v => v.name), ['image-complete'], 'no volume left behind')
