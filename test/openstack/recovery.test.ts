@@ -19,7 +19,7 @@ t.test('a half-uploaded volume of this host that another host holds attached doe
   })
 
   const daemon = await startDaemon(t, await workspace(t), ['--backend', 'cinder', '--os-cloud', CLOUDS.glance, '--host', host], { cwd: STATE_DIR })
-  t.match(daemon.logs(), /recovery: could not delete the volume/, 'the refused delete is logged')
+  t.match(daemon.logs(), /recovery: could not delete a volume left uploading/, 'the refused delete is logged')
   t.notOk((await sh(`ls '${daemon.mountpoint}'`)).split('\n').includes(name), 'the partial upload is not shown')
   t.equal((await other.get(id)).status, 'in-use', 'the holder keeps its volume')
 })
