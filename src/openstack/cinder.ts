@@ -77,6 +77,8 @@ export class CinderClient {
   private readonly options: CinderOptions
   private readonly base: string
   private readonly logger: Logger
+  /** Attachments made through the legacy actions at ≥ 3.54 (see hasReadOnlyFlag): they are undone the same way. */
+  private readonly legacyAttachments = new Set<string>()
 
   private constructor(options: CinderOptions, base: string, microversion: Microversion) {
     this.options = options
@@ -214,9 +216,12 @@ export class CinderClient {
   async attach(volumeId: string, mode: AttachMode): Promise<Attachment> {
     let attachment: Attachment
     try {
-      attachment = this.supports(FEATURES.attachmentMode)
-        ? await this.attachNew(volumeId, mode)
-        : await this.attachLegacy(volumeId, mode)
+      if (this.supports(FEATURES.attachmentMode) && !(mode === 'rw' && await this.hasReadOnlyFlag(volumeId))) {
+        attachment = await this.attachNew(volumeId, mode)
+      } else {
+        attachment = await this.attachLegacy(volumeId, mode)
+        this.legacyAttachments.add(attachment.id)
+      }
     } catch (err) {
       throw await this.explainBusy(volumeId, err)
     }
@@ -228,17 +233,30 @@ export class CinderClient {
   async detach(attachment: Attachment): Promise<void> {
     const { id: attachmentId, volumeId } = attachment
     try {
-      if (this.supports(FEATURES.attachmentMode)) {
+      if (this.supports(FEATURES.attachmentMode) && !this.legacyAttachments.has(attachmentId)) {
         await this.call('DELETE', `/attachments/${attachmentId}`, { context: { volumeId, attachmentId } })
       } else {
         await this.detachLegacy(attachment)
       }
     } catch (err) {
       if (!(err instanceof CinderfsError && err.code === 'ENOENT')) throw err
+      this.legacyAttachments.delete(attachmentId)
       this.logger.info({ volumeId, attachmentId }, 'attachment was already gone')
       return
     }
+    this.legacyAttachments.delete(attachmentId)
     this.logger.info({ volumeId, attachmentId }, 'volume detached')
+  }
+
+  /**
+   * Whether the volume ever had its read-only flag set. Cinder's
+   * attachment-create forces mode ro whenever the admin key `readonly`
+   * exists, even as 'False' (a string, so truthy), while the legacy
+   * os-attach compares it with 'True'. So a finalised image reopened for
+   * writing attaches rw only through the legacy actions.
+   */
+  private async hasReadOnlyFlag(volumeId: string): Promise<boolean> {
+    return 'readonly' in (await this.showVolume(volumeId)).metadata
   }
 
   /** Attachments whose connector named this host, on any volume of the project. */
