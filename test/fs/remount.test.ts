@@ -1,9 +1,8 @@
 import t from 'tap'
-import { randomFile, startDaemon, workspace } from '../helpers/daemon.js'
-import { needsFuse } from '../helpers/requirements.js'
+import { randomFile, startDaemon, workspace, needsBackend } from '../helpers/daemon.js'
 import { sh, xattr } from '../helpers/shell.js'
 
-t.test('unmount and mount again: same bytes, sizes, mtimes, modes and hashes', { skip: needsFuse() }, async t => {
+t.test('unmount and mount again: same bytes, sizes, mtimes, modes and hashes', { skip: needsBackend() }, async t => {
   const ws = await workspace(t)
   const first = await startDaemon(t, ws)
   for (const [name, size] of [['a', 0], ['b', 777], ['c', 5 * 1024 * 1024]] as const) {
