@@ -73,7 +73,11 @@ export function rigLoopDevices(): string[] {
 /** Raw Cinder calls as the rig's admin (quotas, volume types, leftover checks). */
 export interface AdminCinder {
   send(method: 'GET' | 'POST' | 'PUT' | 'DELETE', path: string, body?: unknown): Promise<unknown>
+  /** The same, to Keystone (identity v3: projects, users, roles). */
+  identity(method: 'GET' | 'POST' | 'PUT' | 'DELETE', path: string, body?: unknown): Promise<Record<string, unknown>>
   projectId(cloud: string): Promise<string>
+  /** Ids of the projects isolatedCloud made that still exist. */
+  testProjects(): Promise<string[]>
   /** Test volumes (and their attachments) left in any project. */
   leftovers(): Promise<{ volumes: string[], attachments: string[] }>
   close(): void
@@ -88,6 +92,9 @@ export async function adminCinder(): Promise<AdminCinder> {
   }
   const admin = keystone(CLOUDS.admin)
   const base = await admin.endpoint(cloudSettings(CLOUDS.admin).endpoint)
+  const identityUrl = cloudSettings(CLOUDS.admin).authUrl.replace(/\/+$/, '')
+  const identity: AdminCinder['identity'] = async (method, path, body) =>
+    await admin.withToken(async token => (await http.send({ method, url: identityUrl + path, headers: { 'X-Auth-Token': token.id }, body, idempotent: method !== 'POST' })).data as Record<string, unknown>)
   const send: AdminCinder['send'] = async (method, path, body) => await admin.withToken(async token => (await http.send({
     method,
     url: base + path,
@@ -97,7 +104,9 @@ export async function adminCinder(): Promise<AdminCinder> {
   })).data)
   return {
     send,
+    identity,
     projectId: async cloud => (await keystone(cloud).token()).projectId ?? '',
+    testProjects: async () => ((await identity('GET', '/projects')).projects as { id: string, name: string }[]).filter(p => p.name.startsWith(TEST_PREFIX)).map(p => p.id),
     leftovers: async () => {
       const reply = await send('GET', `/volumes/detail?all_tenants=1&name~=${TEST_PREFIX}`) as { volumes: { id: string, attachments: { attachment_id: string }[] }[] }
       return {
@@ -194,22 +203,16 @@ export interface IsolatedCloud {
  * cleans up after the test whatever names it used.
  */
 export async function isolatedCloud(dir: string): Promise<IsolatedCloud> {
-  const { logger } = capturingLogger()
-  const http = new HttpClient({ logger })
-  const adminSettings = cloudSettings(CLOUDS.admin)
-  const admin = new KeystoneClient({ authUrl: adminSettings.authUrl, credentials: adminSettings.credentials, http, logger })
-  const identity = adminSettings.authUrl.replace(/\/+$/, '')
-  const send = async (method: 'GET' | 'POST' | 'PUT' | 'DELETE', path: string, body?: unknown): Promise<Record<string, unknown>> =>
-    await admin.withToken(async token => (await http.send({ method, url: identity + path, headers: { 'X-Auth-Token': token.id }, body, idempotent: method !== 'POST' })).data as Record<string, unknown>)
+  const admin = await adminCinder()
   const idOf = async (collection: 'users' | 'roles', name: string): Promise<string> => {
-    const found = (await send('GET', `/${collection}?name=${name}`))[collection] as { id: string }[]
+    const found = (await admin.identity('GET', `/${collection}?name=${name}`))[collection] as { id: string }[]
     if (found[0] === undefined) throw new Error(`Keystone has no ${collection.slice(0, -1)} ${name}`)
     return found[0].id
   }
   const name = testName('project')
-  const project = (await send('POST', '/projects', { project: { name, domain_id: 'default', description: 'cinderfs test (deleted when the test ends)' } })).project as { id: string }
+  const project = (await admin.identity('POST', '/projects', { project: { name, domain_id: 'default', description: 'cinderfs test (deleted when the test ends)' } })).project as { id: string }
   const glance = await idOf('users', 'glance')
-  for (const role of ['admin', 'member']) await send('PUT', `/projects/${project.id}/users/${glance}/roles/${await idOf('roles', role)}`)
+  for (const role of ['admin', 'member']) await admin.identity('PUT', `/projects/${project.id}/users/${glance}/roles/${await idOf('roles', role)}`)
 
   const glanceCloud = (parseYaml(await fs.readFile(path.join(STATE_DIR, 'clouds.yaml'), 'utf8')) as { clouds: Record<string, { auth: Record<string, string> }> }).clouds[CLOUDS.glance]
   if (glanceCloud === undefined) throw new Error(`${STATE_DIR}/clouds.yaml has no cloud ${CLOUDS.glance}`)
@@ -217,7 +220,7 @@ export async function isolatedCloud(dir: string): Promise<IsolatedCloud> {
   await fs.writeFile(path.join(dir, 'clouds.yaml'), toYaml({ clouds: { [cloud]: { ...glanceCloud, auth: { ...glanceCloud.auth, project_name: name } } } }), { mode: 0o600 })
   const service = new CinderVolumeService({
     settings: openStackSettings({ osCloud: cloud, cwd: dir, home: '/nonexistent', env: {} }),
-    logger,
+    logger: capturingLogger().logger,
     host: 'cinderfs-test-cleanup',
   })
   return {
@@ -231,9 +234,9 @@ export async function isolatedCloud(dir: string): Promise<IsolatedCloud> {
         }
         await service.delete(volume.id)
       }
-      await send('DELETE', `/projects/${project.id}`)
+      await admin.identity('DELETE', `/projects/${project.id}`)
       await service.close()
-      http.close()
+      admin.close()
       return left.length
     },
   }
