@@ -228,12 +228,13 @@ export async function isolatedCloud(dir: string): Promise<IsolatedCloud> {
     remove: async () => {
       const cinder = await service.client()
       const left = await listAll(service)
-      for (const volume of left) {
+      // all at once: each delete waits for Cinder to finish it
+      await Promise.all(left.map(async volume => {
         for (const a of (await cinder.showVolume(volume.id)).attachments) {
           await service.detach({ id: a.id, volumeId: volume.id, mode: 'rw', connectionInfo: { driverVolumeType: '', data: {} } })
         }
         await service.delete(volume.id)
-      }
+      }))
       await admin.identity('DELETE', `/projects/${project.id}`)
       await service.close()
       admin.close()
