@@ -15,7 +15,7 @@ const skip = suite.skip === false ? needsFuse() : suite.skip
 /** A mount of the cinder backend in a project of the test's own. */
 async function cinderMount(t: Test, args: string[] = []): Promise<{ ws: Workspace, daemon: Daemon }> {
   const ws = await workspace(t, 'cinder')
-  return { ws, daemon: await startDaemon(t, ws, args) }
+  return { ws, daemon: await startDaemon(ws, args) }
 }
 
 /** Attachments Cinder still lists on the workspace's volumes. */
@@ -120,7 +120,7 @@ with open('${daemon.file('partial')}', 'wb') as out:
   await reader
   t.ok((await attachmentsOf(ws)).length >= 2, 'Cinder still lists the dead daemon\'s attachments')
 
-  const again = await startDaemon(t, ws, ['--host', 'crash-host'])
+  const again = await startDaemon(ws, ['--host', 'crash-host'])
   t.match(again.logs(), /recovery: deleting an attachment left by an earlier run/, 'recovery deleted the attachments')
   t.match(again.logs(), /recovery: deleting a volume left half-done/, 'and the half-uploaded volume')
   t.same(await attachmentsOf(ws), [], 'Cinder lists no attachment')
@@ -132,10 +132,10 @@ with open('${daemon.file('partial')}', 'wb') as out:
 
 t.test('two hosts on one Cinder: each sees the other\'s images; reading one at once needs multiattach', { skip }, async t => {
   const ws = await workspace(t, 'cinder')
-  const a = await startDaemon(t, ws, ['--host', 'glance-a', '--list-ttl', '2'])
+  const a = await startDaemon(ws, ['--host', 'glance-a', '--list-ttl', '2'])
   const other: Workspace = { ...ws, mountpoint: path.join(ws.root, 'mnt-b') }
   await fs.mkdir(other.mountpoint)
-  const b = await startDaemon(t, other, ['--host', 'glance-b', '--list-ttl', '2'])
+  const b = await startDaemon(other, ['--host', 'glance-b', '--list-ttl', '2'])
   const data = await randomFile(3 * MiB)
   await sh(`cp '${data}' '${a.file('plain')}'`)
   await sh(`cp '${data}' '${b.file('from-b')}'`)
@@ -159,7 +159,7 @@ t.test('two hosts on one Cinder: each sees the other\'s images; reading one at o
 
   // Multiattach: written with --volume-type multiattach, both hosts read at once.
   await a.stop()
-  const m = await startDaemon(t, ws, ['--host', 'glance-a', '--list-ttl', '2', '--volume-type', 'multiattach'])
+  const m = await startDaemon(ws, ['--host', 'glance-a', '--list-ttl', '2', '--volume-type', 'multiattach'])
   await sh(`cp '${data}' '${m.file('shared')}'`)
   for (let i = 0; i < 100 && !(await sh(`ls '${b.mountpoint}'`)).includes('shared'); i++) await sh('sleep 0.2')
   const both = await Promise.all([

@@ -7,7 +7,7 @@ const sizes = [0, 1, 4095, MiB + 1, 300 * MiB]
 
 t.test('cp in and cat out: every size comes back byte for byte, with exact sizes and hashes', { skip: needsBackend() }, async t => {
   const ws = await workspace(t)
-  const daemon = await startDaemon(t, ws)
+  const daemon = await startDaemon(ws)
   for (const size of sizes) {
     const source = await randomFile(size)
     const name = `image-of-${size}-bytes`
@@ -36,7 +36,7 @@ t.test('cp in and cat out: every size comes back byte for byte, with exact sizes
 
 t.test('a write past the first GiB grows the volume to exactly the GiB it needs', { skip: needsBackend() }, async t => {
   const ws = await workspace(t)
-  const daemon = await startDaemon(t, ws)
+  const daemon = await startDaemon(ws)
   // 2 MiB of data at 1023 MiB: the write crosses the 1 GiB end of the new volume; the rest is a hole.
   const chunk = await randomFile(2 * MiB)
   await sh(`dd if='${chunk}' of='${daemon.file('big')}' bs=1M seek=1023 status=none`)
@@ -51,7 +51,7 @@ t.test('a write past the first GiB grows the volume to exactly the GiB it needs'
 
 t.test('a Glance UUID name becomes glance_image_id; other names do not', { skip: needsBackend() }, async t => {
   const ws = await workspace(t)
-  const daemon = await startDaemon(t, ws)
+  const daemon = await startDaemon(ws)
   const uuid = '8a1f3c1e-0b7e-4a4c-9d7d-3f1c2b6a9e10'
   await sh(`echo hello > '${daemon.file(uuid)}' && echo plain > '${daemon.file('notes.txt')}'`)
   const byName = Object.fromEntries((await volumes(ws)).map(v => [v.name, v]))

@@ -4,7 +4,7 @@ import { run, sh } from '../helpers/shell.js'
 
 t.test('kill -9 during a 300 MiB upload, then mount again: the partial image is gone, nothing leaks', { skip: needsBackend() }, async t => {
   const ws = await workspace(t)
-  const daemon = await startDaemon(t, ws)
+  const daemon = await startDaemon(ws)
   await sh(`echo survivor > '${daemon.file('complete')}'`)
   const source = await randomFile(300 * 1024 * 1024)
   // A writer throttled to ~100 MiB/s, so the kill lands mid-upload.
@@ -24,7 +24,7 @@ with open('${daemon.file('partial')}', 'wb') as out:
   const leftovers = (await volumes(ws)).filter(v => v.name === 'image-partial')
   t.equal(leftovers[0]?.metadata.cinderfs_state, 'uploading', 'the half-written volume is still marked uploading')
 
-  const again = await startDaemon(t, ws)
+  const again = await startDaemon(ws)
   t.match(again.logs(), /clearing a stale mount/, 'the stale mount was cleared at start')
   t.match(again.logs(), /recovery: deleting a volume left half-done/, 'recovery deleted the partial volume')
   t.equal(await sh(`ls '${ws.mountpoint}'`), 'complete\n', 'only the complete image is listed')
@@ -36,7 +36,7 @@ with open('${daemon.file('partial')}', 'wb') as out:
 
 t.test('SIGTERM during an upload: the upload fails cleanly, everything is detached, exit 0', { skip: needsBackend() }, async t => {
   const ws = await workspace(t)
-  const daemon = await startDaemon(t, ws)
+  const daemon = await startDaemon(ws)
   const writer = run(`exec 3>'${daemon.file('open-upload')}'; echo partial >&3; sleep 30`)
   for (let i = 0; i < 100 && !/"name":"open-upload","msg":"upload started"/.test(daemon.logs()); i++) await sh('sleep 0.05')
   t.equal(await daemon.stop(), 0, 'exit code 0')

@@ -4,7 +4,7 @@ import { run, sh, sha256 } from '../helpers/shell.js'
 
 t.test('refusals: each gets its errno and changes nothing', { skip: needsBackend() }, async t => {
   const ws = await workspace(t)
-  const daemon = await startDaemon(t, ws)
+  const daemon = await startDaemon(ws)
   await sh(`echo original > '${daemon.file('image')}'`)
 
   const overwrite = await run(`echo changed > '${daemon.file('image')}'`)
@@ -31,7 +31,7 @@ t.test('refusals: each gets its errno and changes nothing', { skip: needsBackend
 
 t.test('rm of an open file: its reader keeps reading; the volume goes at the last close', { skip: needsBackend() }, async t => {
   const ws = await workspace(t)
-  const daemon = await startDaemon(t, ws)
+  const daemon = await startDaemon(ws)
   const source = await randomFile(3 * 1024 * 1024)
   await sh(`cp '${source}' '${daemon.file('image')}'`)
   const script = `import os, hashlib, subprocess
@@ -55,7 +55,7 @@ print(hashlib.sha256(head + rest).hexdigest())`
 
 t.test('rename onto an existing image replaces it; the old volume is deleted after', { skip: needsBackend() }, async t => {
   const ws = await workspace(t)
-  const daemon = await startDaemon(t, ws)
+  const daemon = await startDaemon(ws)
   await sh(`echo old > '${daemon.file('image')}' && echo new > '${daemon.file('incoming')}'`)
   await sh(`mv '${daemon.file('incoming')}' '${daemon.file('image')}'`)
   t.equal(await sh(`ls '${ws.mountpoint}'`), 'image\n', 'one name left')
@@ -70,7 +70,7 @@ t.test('rename onto an existing image replaces it; the old volume is deleted aft
 t.test('a full disk under --local-dir: ENOSPC to the writer, no image and nothing else left', { skip: localOnly('a tmpfs under --local-dir fills up; the cinder quota test covers ENOSPC/EDQUOT there') }, async t => {
   const ws = await workspace(t)
   await sh(`mkdir -p '${ws.localDir}' && mount -t tmpfs -o size=100m cinderfs-test '${ws.localDir}'`)
-  const daemon = await startDaemon(t, ws)
+  const daemon = await startDaemon(ws)
   const copy = await run(`cp '${await randomFile(300 * 1024 * 1024)}' '${daemon.file('big')}'`)
   t.not(copy.code, 0, 'cp fails')
   t.match(copy.stderr, /No space left on device/, 'with ENOSPC')
@@ -84,10 +84,10 @@ t.test('a full disk under --local-dir: ENOSPC to the writer, no image and nothin
 
 t.test('a read-only mount refuses every change with EROFS and still serves reads', { skip: needsBackend() }, async t => {
   const ws = await workspace(t)
-  const writer = await startDaemon(t, ws)
+  const writer = await startDaemon(ws)
   await sh(`echo data > '${writer.file('image')}'`)
   await writer.stop()
-  const reader = await startDaemon(t, ws, ['--read-only'])
+  const reader = await startDaemon(ws, ['--read-only'])
   t.equal(await sh(`cat '${reader.file('image')}'`), 'data\n', 'reads work')
   for (const [what, command] of [['create', `touch '${reader.file('new')}'`], ['rm', `rm '${reader.file('image')}'`], ['mv', `mv '${reader.file('image')}' '${reader.file('other')}'`], ['chmod', `chmod 600 '${reader.file('image')}'`]]) {
     t.match((await run(command ?? '')).stderr, /Read-only file system/, `${what}: EROFS`)

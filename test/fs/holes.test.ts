@@ -12,7 +12,7 @@ async function sameAs(t: tap.Test, actual: string, expected: string, what: strin
 
 t.test('holes: dd seek=, cp --sparse=always, truncate then write', { skip: needsBackend() }, async t => {
   const ws = await workspace(t)
-  const daemon = await startDaemon(t, ws)
+  const daemon = await startDaemon(ws)
   const data = await randomFile(3 * MiB)
 
   await sh(`dd if='${data}' of='${ws.root}/seek' bs=1M seek=10 status=none`)
@@ -47,7 +47,7 @@ os.close(fd)`
 
 t.test('the xattr size hint sizes the volume before the data arrives', { skip: needsBackend() }, async t => {
   const ws = await workspace(t)
-  const daemon = await startDaemon(t, ws)
+  const daemon = await startDaemon(ws)
   const data = await randomFile(MiB)
   const script = `import os
 fd = os.open('${daemon.file('hinted')}', os.O_WRONLY | os.O_CREAT, 0o644)

@@ -4,7 +4,7 @@ import { sh, xattr } from '../helpers/shell.js'
 
 t.test('unmount and mount again: same bytes, sizes, mtimes, modes and hashes', { skip: needsBackend() }, async t => {
   const ws = await workspace(t)
-  const first = await startDaemon(t, ws)
+  const first = await startDaemon(ws)
   for (const [name, size] of [['a', 0], ['b', 777], ['c', 5 * 1024 * 1024]] as const) {
     await sh(`cp '${await randomFile(size)}' '${first.file(name)}'`)
   }
@@ -19,6 +19,6 @@ t.test('unmount and mount again: same bytes, sizes, mtimes, modes and hashes', {
   t.equal(await first.stop(), 0, 'SIGTERM: clean exit 0')
   t.equal((await sh(`grep -c ' ${ws.mountpoint} ' /proc/mounts || true`)).trim(), '0', 'unmounted')
 
-  await startDaemon(t, ws)
+  await startDaemon(ws)
   t.equal(await snapshot(), before, 'everything the same after mounting again')
 })

@@ -18,7 +18,7 @@ async function glanceStore(dir: string): Promise<void> {
 
 t.test('rsync -a migrates a Glance filesystem store; a second run transfers nothing', { skip: needsBackend() }, async t => {
   const ws = await workspace(t)
-  await startDaemon(t, ws)
+  await startDaemon(ws)
   const store = `${ws.root}/glance-images`
   await glanceStore(store)
   const count = Number((await sh(`ls '${store}' | wc -l`)).trim())
@@ -44,7 +44,7 @@ t.test('rsync -a migrates a Glance filesystem store; a second run transfers noth
 
 t.test('an interrupted rsync --partial completes when run again', { skip: needsBackend() }, async t => {
   const ws = await workspace(t)
-  const daemon = await startDaemon(t, ws)
+  const daemon = await startDaemon(ws)
   const source = await randomFile(64 * MiB)
   await sh(`mkdir '${ws.root}/src' && cp '${source}' '${ws.root}/src/image'`)
   // Slow the transfer down, interrupt it part way; --partial keeps what arrived under the final name.
@@ -60,7 +60,7 @@ t.test('an interrupted rsync --partial completes when run again', { skip: needsB
 
 t.test('rsync --inplace works for new files and fails clearly on existing images', { skip: needsBackend() }, async t => {
   const ws = await workspace(t)
-  const daemon = await startDaemon(t, ws)
+  const daemon = await startDaemon(ws)
   await sh(`mkdir '${ws.root}/src' && head -c 3000000 /dev/urandom > '${ws.root}/src/image'`)
   await sh(`rsync -a --inplace '${ws.root}/src/' '${ws.mountpoint}/'`)
   t.equal((await run(`cmp '${ws.root}/src/image' '${daemon.file('image')}'`)).code, 0, 'a new file arrives with --inplace')

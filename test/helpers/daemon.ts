@@ -95,8 +95,8 @@ export async function workspace(t: TapLike, on: BackendName = backend): Promise<
   return ws
 }
 
-/** Starts `cinderfs mount` on the workspace and waits for it to be mounted. */
-export async function startDaemon(t: TapLike, ws: Workspace, args: string[] = []): Promise<Daemon> {
+/** Starts `cinderfs mount` on the workspace and waits for it to be mounted; the workspace stops it on teardown. */
+export async function startDaemon(ws: Workspace, args: string[] = []): Promise<Daemon> {
   const backendArgs = ws.cloud === undefined ? ['--local-dir', ws.localDir] : ['--backend', 'cinder', '--os-cloud', ws.cloud.cloud]
   const child = spawn(process.execPath, [cli, 'mount', ws.mountpoint, ...backendArgs, '--log-level', 'debug', ...args], { stdio: ['ignore', 'ignore', 'pipe'], cwd: ws.root })
   let logs = ''
@@ -122,7 +122,6 @@ export async function startDaemon(t: TapLike, ws: Workspace, args: string[] = []
     },
   }
   ws.daemons.push(daemon)
-  t.teardown(async () => { await daemon.stop() })
   for (let waited = 0; !logs.includes('"msg":"mounted"'); waited += 50) {
     if (child.exitCode !== null || waited > 30_000) throw new Error(`cinderfs did not mount (exit ${child.exitCode}):\n${logs}`)
     await sleep(50)
