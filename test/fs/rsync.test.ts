@@ -49,6 +49,9 @@ t.test('an interrupted rsync --partial completes when run again', { skip: needsB
   await sh(`mkdir '${ws.root}/src' && cp '${source}' '${ws.root}/src/image'`)
   // Slow the transfer down, interrupt it part way; --partial keeps what arrived under the final name.
   const slow = run(`exec rsync -a --partial --bwlimit=8m '${ws.root}/src/' '${ws.mountpoint}/'`)
+  // Interrupt it mid-transfer: once its temp file exists (creating a volume takes seconds on Cinder;
+  // rsync interrupted inside that create leaves the empty temp file behind, as on any slow file system).
+  for (let i = 0; i < 600 && !daemon.logs().includes('"msg":"upload started"'); i++) await sh('sleep 0.1')
   await sh('sleep 2')
   await run(`pkill -INT -f 'rsync -a --partial --bwlimit=8m ${ws.root}'`)
   const interrupted = await slow
