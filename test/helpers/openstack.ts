@@ -78,8 +78,11 @@ export interface AdminCinder {
   projectId(cloud: string): Promise<string>
   /** Ids of the projects isolatedCloud made that still exist. */
   testProjects(): Promise<string[]>
-  /** Test volumes (and their attachments) left in any project. */
-  leftovers(): Promise<{ volumes: string[], attachments: string[] }>
+  /**
+   * Test volumes (and their attachments) left in any project; with `since`,
+   * only those created since then (the rig may be shared with other runs).
+   */
+  leftovers(since?: Date): Promise<{ volumes: string[], attachments: string[] }>
   close(): void
 }
 
@@ -107,11 +110,13 @@ export async function adminCinder(): Promise<AdminCinder> {
     identity,
     projectId: async cloud => (await keystone(cloud).token()).projectId ?? '',
     testProjects: async () => ((await identity('GET', '/projects')).projects as { id: string, name: string }[]).filter(p => p.name.startsWith(TEST_PREFIX)).map(p => p.id),
-    leftovers: async () => {
-      const reply = await send('GET', `/volumes/detail?all_tenants=1&name~=${TEST_PREFIX}`) as { volumes: { id: string, attachments: { attachment_id: string }[] }[] }
+    leftovers: async since => {
+      const reply = await send('GET', `/volumes/detail?all_tenants=1&name~=${TEST_PREFIX}`) as { volumes: { id: string, created_at: string, attachments: { attachment_id: string }[] }[] }
+      // Cinder's timestamps are UTC without a zone
+      const left = reply.volumes.filter(v => since === undefined || new Date(`${v.created_at}Z`) >= since)
       return {
-        volumes: reply.volumes.map(v => v.id),
-        attachments: reply.volumes.flatMap(v => v.attachments.map(a => a.attachment_id)),
+        volumes: left.map(v => v.id),
+        attachments: left.flatMap(v => v.attachments.map(a => a.attachment_id)),
       }
     },
     close: () => { http.close() },
