@@ -114,7 +114,8 @@ export async function startDaemon(ws: Workspace, args: string[] = []): Promise<D
     file: name => path.join(ws.mountpoint, name),
     stop: async () => {
       if (child.exitCode === null && child.signalCode === null) child.kill('SIGTERM')
-      return Promise.race([exited, sleep(60_000).then(() => { child.kill('SIGKILL'); return null })])
+      // unref'd: a pending timer would keep the test process alive for the full minute
+      return Promise.race([exited, sleep(60_000, undefined, { ref: false }).then(() => { child.kill('SIGKILL'); return null })])
     },
     kill: async () => {
       child.kill('SIGKILL')
