@@ -154,7 +154,7 @@ export class CinderVolumeService implements VolumeService {
     const { settings } = this.options
     const keystone = new KeystoneClient({ authUrl: settings.authUrl, credentials: settings.credentials, http: this.http, logger: this.logger })
     this.keystone = keystone
-    this.logger.info({ source: settings.source }, 'connecting to OpenStack')
+    this.logger.debug({ source: settings.source }, 'connecting to OpenStack')
     return await CinderClient.connect({
       keystone,
       http: this.http,

@@ -29,7 +29,10 @@ export async function openBackend(config: Config, logger: Logger): Promise<Backe
       const settings = openStackSettings({
         ...(config.osCloud === undefined ? {} : { osCloud: config.osCloud }),
         ...(config.glanceConfig === undefined ? {} : { glanceConfig: config.glanceConfig }),
-        overrides: config.volumeType === undefined ? {} : { volumeType: config.volumeType },
+        overrides: {
+          ...(config.volumeType === undefined ? {} : { volumeType: config.volumeType }),
+          ...(config.maxMicroversion === undefined ? {} : { maxMicroversion: config.maxMicroversion }),
+        },
       })
       const service = new CinderVolumeService({ settings, logger, host: config.host })
       let project: string | undefined

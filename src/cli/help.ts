@@ -50,6 +50,12 @@ OPTIONS
         glance-api.conf.
     --volume-type NAME
         cinder backend: volume type of new image volumes.
+    --os-max-microversion 3.N
+        cinder backend: never use a newer Cinder microversion than this
+        (default: the newest both sides know, up to 3.54). Below 3.54
+        cinderfs attaches with the legacy volume actions; below 3.42 it
+        grows a volume being written by detaching, extending and attaching
+        it again. Overrides block_storage_api_version of clouds.yaml.
     --ceph-keyring-dir DIR
         Where <cluster>.client.<user>.keyring files are, for volumes Cinder
         serves from Ceph RBD (default /etc/ceph).

@@ -33,6 +33,8 @@ export interface Config {
   glanceConfig: string | undefined
   /** cinder backend: volume type of new image volumes (overrides the configuration's). */
   volumeType: string | undefined
+  /** cinder backend: never speak a newer Cinder microversion than this (`3.27`). */
+  maxMicroversion: string | undefined
   /** rbd connector: where `<cluster>.client.<user>.keyring` files are (Cinder never sends the key). */
   cephKeyringDir: string
   /** Host name this daemon attaches as; recovery cleans up only what this host left. */
@@ -76,8 +78,11 @@ export function validateConfig(config: Config): Config {
   if (!logLevels.includes(config.logLevel)) throw new ConfigError(`--log-level: '${config.logLevel}' is not one of ${logLevels.join(', ')}`)
   if (config.imageOwner !== undefined && (config.imageOwner === '' || config.imageOwner.length > 255)) throw new ConfigError('--image-owner: must be 1 to 255 characters')
   if (config.host === '') throw new ConfigError('--host: must not be empty')
-  if (config.backend === 'local' && (config.osCloud ?? config.glanceConfig ?? config.volumeType) !== undefined) {
-    throw new ConfigError('--os-cloud, --glance-config and --volume-type need --backend cinder')
+  if (config.backend === 'local' && (config.osCloud ?? config.glanceConfig ?? config.volumeType ?? config.maxMicroversion) !== undefined) {
+    throw new ConfigError('--os-cloud, --glance-config, --volume-type and --os-max-microversion need --backend cinder')
+  }
+  if (config.maxMicroversion !== undefined && !/^3\.\d{1,3}$/.test(config.maxMicroversion)) {
+    throw new ConfigError(`--os-max-microversion: '${config.maxMicroversion}' is not a Cinder v3 microversion such as 3.27`)
   }
   return config
 }

@@ -1,13 +1,12 @@
 import t from 'tap'
-import { randomFile, startDaemon, workspace } from '../helpers/daemon.js'
-import { needsFuse } from '../helpers/requirements.js'
+import { randomFile, startDaemon, workspace, needsBackend } from '../helpers/daemon.js'
 import { run, sha256 } from '../helpers/shell.js'
 
 const MiB = 1024 * 1024
 
-t.test('4 concurrent cp and 8 concurrent cat of different and the same files', { skip: needsFuse() }, async t => {
+t.test('4 concurrent cp and 8 concurrent cat of different and the same files', { skip: needsBackend() }, async t => {
   const ws = await workspace(t)
-  const daemon = await startDaemon(t, ws, ['--cache-size', '64M', '--readahead', '8M'])
+  const daemon = await startDaemon(ws, ['--cache-size', '64M', '--readahead', '8M'])
   const sources = await Promise.all([9 * MiB + 1, 17 * MiB, 33 * MiB - 5, 40 * MiB].map(async size => randomFile(size)))
   const copies = await Promise.all(sources.map(async (source, i) => run(`cp '${source}' '${daemon.file(`f${i}`)}'`)))
   t.same(copies.map(c => c.code), [0, 0, 0, 0], 'all four cp succeed')

@@ -1,11 +1,10 @@
 import t from 'tap'
-import { localVolumes, loopsUnder, randomFile, startDaemon, workspace } from '../helpers/daemon.js'
-import { needsFuse } from '../helpers/requirements.js'
+import { volumes, loopsOf, randomFile, startDaemon, workspace, needsBackend } from '../helpers/daemon.js'
 import { run, sh } from '../helpers/shell.js'
 
-t.test('kill -9 during a 300 MiB upload, then mount again: the partial image is gone, nothing leaks', { skip: needsFuse() }, async t => {
+t.test('kill -9 during a 300 MiB upload, then mount again: the partial image is gone, nothing leaks', { skip: needsBackend() }, async t => {
   const ws = await workspace(t)
-  const daemon = await startDaemon(t, ws)
+  const daemon = await startDaemon(ws)
   await sh(`echo survivor > '${daemon.file('complete')}'`)
   const source = await randomFile(300 * 1024 * 1024)
   // A writer throttled to ~100 MiB/s, so the kill lands mid-upload.
@@ -22,28 +21,28 @@ with open('${daemon.file('partial')}', 'wb') as out:
   const copied = await copy
   t.not(copied.code, 0, 'the writer sees its copy fail')
   t.match((await run(`stat '${ws.mountpoint}'`)).stderr, /Transport endpoint is not connected/, 'the mount is stale after the crash')
-  const leftovers = (await localVolumes(ws.localDir)).filter(v => v.name === 'image-partial')
+  const leftovers = (await volumes(ws)).filter(v => v.name === 'image-partial')
   t.equal(leftovers[0]?.metadata.cinderfs_state, 'uploading', 'the half-written volume is still marked uploading')
 
-  const again = await startDaemon(t, ws)
+  const again = await startDaemon(ws)
   t.match(again.logs(), /clearing a stale mount/, 'the stale mount was cleared at start')
   t.match(again.logs(), /recovery: delete a volume left uploading by an earlier run/, 'recovery deleted the partial volume')
   t.equal(await sh(`ls '${ws.mountpoint}'`), 'complete\n', 'only the complete image is listed')
   t.equal(await sh(`cat '${again.file('complete')}'`), 'survivor\n', 'and it is intact')
-  t.same((await localVolumes(ws.localDir)).map(v => v.name), ['image-complete'], 'no volume left behind')
+  t.same((await volumes(ws)).map(v => v.name), ['image-complete'], 'no volume left behind')
   await again.stop()
-  t.same(await loopsUnder(ws.root), [], 'no loop device left')
+  t.same(await loopsOf(ws), [], 'no loop device left')
 })
 
-t.test('SIGTERM during an upload: the upload fails cleanly, everything is detached, exit 0', { skip: needsFuse() }, async t => {
+t.test('SIGTERM during an upload: the upload fails cleanly, everything is detached, exit 0', { skip: needsBackend() }, async t => {
   const ws = await workspace(t)
-  const daemon = await startDaemon(t, ws)
+  const daemon = await startDaemon(ws)
   const writer = run(`exec 3>'${daemon.file('open-upload')}'; echo partial >&3; sleep 30`)
   for (let i = 0; i < 100 && !/"name":"open-upload","msg":"upload started"/.test(daemon.logs()); i++) await sh('sleep 0.05')
   t.equal(await daemon.stop(), 0, 'exit code 0')
   await run(`pkill -f "exec 3>'${daemon.file('open-upload')}'"`)
   await writer
-  t.same(await localVolumes(ws.localDir), [], 'the unfinished upload volume was deleted')
-  t.same(await loopsUnder(ws.root), [], 'no loop device left')
+  t.same(await volumes(ws), [], 'the unfinished upload volume was deleted')
+  t.same(await loopsOf(ws), [], 'no loop device left')
   t.equal((await sh(`grep -c ' ${ws.mountpoint} ' /proc/mounts || true`)).trim(), '0', 'unmounted')
 })

@@ -1,6 +1,5 @@
 import t from 'tap'
-import { localVolumes, randomFile, startDaemon, workspace } from '../helpers/daemon.js'
-import { needsFuse } from '../helpers/requirements.js'
+import { volumes, randomFile, startDaemon, workspace, needsBackend } from '../helpers/daemon.js'
 import { run, sh, sha256, xattr } from '../helpers/shell.js'
 
 const MiB = 1024 * 1024
@@ -11,9 +10,9 @@ async function sameAs(t: tap.Test, actual: string, expected: string, what: strin
   t.equal(await xattr(actual, 'user.cinderfs.sha512'), (await sh(`sha512sum '${expected}'`)).split(' ')[0], `${what}: sha512 equal`)
 }
 
-t.test('holes: dd seek=, cp --sparse=always, truncate then write', { skip: needsFuse() }, async t => {
+t.test('holes: dd seek=, cp --sparse=always, truncate then write', { skip: needsBackend() }, async t => {
   const ws = await workspace(t)
-  const daemon = await startDaemon(t, ws)
+  const daemon = await startDaemon(ws)
   const data = await randomFile(3 * MiB)
 
   await sh(`dd if='${data}' of='${ws.root}/seek' bs=1M seek=10 status=none`)
@@ -43,12 +42,12 @@ os.close(fd)`
   await sh(`truncate -s 2M '${ws.root}/two-opens' && head -c 4096 '${data}' | dd of='${ws.root}/two-opens' conv=notrunc status=none`)
   await sameAs(t, daemon.file('two-opens'), `${ws.root}/two-opens`, 'truncate -s then write, through two opens')
 
-  for (const volume of await localVolumes(ws.localDir)) t.equal(volume.sizeGiB, 1, `${volume.name}: 1 GiB volume`)
+  for (const volume of await volumes(ws)) t.equal(volume.sizeGiB, 1, `${volume.name}: 1 GiB volume`)
 })
 
-t.test('the xattr size hint sizes the volume before the data arrives', { skip: needsFuse() }, async t => {
+t.test('the xattr size hint sizes the volume before the data arrives', { skip: needsBackend() }, async t => {
   const ws = await workspace(t)
-  const daemon = await startDaemon(t, ws)
+  const daemon = await startDaemon(ws)
   const data = await randomFile(MiB)
   const script = `import os
 fd = os.open('${daemon.file('hinted')}', os.O_WRONLY | os.O_CREAT, 0o644)
@@ -57,6 +56,6 @@ os.write(fd, open('${data}', 'rb').read())
 os.close(fd)`
   await sh(`/usr/bin/python3 -c "${script}"`)
   t.equal(await sha256(daemon.file('hinted')), await sha256(data), 'data equal')
-  const [volume] = await localVolumes(ws.localDir)
+  const [volume] = await volumes(ws)
   t.equal(volume?.sizeGiB, 3, 'volume grown once to the hinted 3 GiB')
 })

@@ -1,11 +1,10 @@
 import t from 'tap'
-import { randomFile, startDaemon, workspace } from '../helpers/daemon.js'
-import { needsFuse } from '../helpers/requirements.js'
+import { randomFile, startDaemon, workspace, needsBackend } from '../helpers/daemon.js'
 import { sh, xattr } from '../helpers/shell.js'
 
-t.test('unmount and mount again: same bytes, sizes, mtimes, modes and hashes', { skip: needsFuse() }, async t => {
+t.test('unmount and mount again: same bytes, sizes, mtimes, modes and hashes', { skip: needsBackend() }, async t => {
   const ws = await workspace(t)
-  const first = await startDaemon(t, ws)
+  const first = await startDaemon(ws)
   for (const [name, size] of [['a', 0], ['b', 777], ['c', 5 * 1024 * 1024]] as const) {
     await sh(`cp '${await randomFile(size)}' '${first.file(name)}'`)
   }
@@ -20,6 +19,6 @@ t.test('unmount and mount again: same bytes, sizes, mtimes, modes and hashes', {
   t.equal(await first.stop(), 0, 'SIGTERM: clean exit 0')
   t.equal((await sh(`grep -c ' ${ws.mountpoint} ' /proc/mounts || true`)).trim(), '0', 'unmounted')
 
-  await startDaemon(t, ws)
+  await startDaemon(ws)
   t.equal(await snapshot(), before, 'everything the same after mounting again')
 })

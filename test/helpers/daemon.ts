@@ -3,9 +3,36 @@ import fs from 'node:fs/promises'
 import os from 'node:os'
 import path from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
+import { pino } from 'pino'
+import { LocalVolumeService } from '../../src/backends/local.js'
+import { listAll, type VolumeService } from '../../src/backends/volume-service.js'
+import { isolatedCloud, needsOpenStack, rigRunning, STATE_DIR, type IsolatedCloud } from './openstack.js'
+import { needsFuse } from './requirements.js'
 import { run } from './shell.js'
 
 const cli = path.join(__dirname, '..', '..', '..', 'bin', 'cinderfs')
+
+/**
+ * The backend the file-system suite runs on: CINDERFS_TEST_BACKEND=local
+ * (the default) or cinder (the rig of scripts/openstack, which scripts/test
+ * starts; each workspace gets a project of its own on it).
+ */
+export const backend: BackendName = process.env.CINDERFS_TEST_BACKEND === 'cinder' ? 'cinder' : 'local'
+export type BackendName = 'local' | 'cinder'
+
+/** Why the file-system tests cannot run on this backend here, or false (tap's `skip`). */
+export function needsBackend(on: BackendName = backend): string | false {
+  const fuse = needsFuse()
+  if (fuse !== false || on === 'local') return fuse
+  const openStack = needsOpenStack()
+  if (openStack !== false) return openStack
+  return rigRunning() ? false : 'the OpenStack rig is not running (scripts/test starts it for the cinder pass)'
+}
+
+/** `skip` for a test that only the local backend can run, saying why; else as needsBackend. */
+export function localOnly(why: string): string | false {
+  return backend === 'local' ? needsBackend() : `local backend only: ${why}`
+}
 
 export interface Daemon {
   mountpoint: string
@@ -25,33 +52,62 @@ export interface Workspace {
   root: string
   mountpoint: string
   localDir: string
+  /** image_owner of the images its daemons make: `cinderfs` (local) or the project id (cinder). */
+  imageOwner: string
+  /** The backend as the daemons see it, built in the test process. */
+  service: VolumeService
+  /** cinder only: the workspace's own project and clouds.yaml. */
+  cloud?: IsolatedCloud
+  /** Volume ids the daemons logged (their loop devices are checked for leaks). */
+  volumeIds: Set<string>
+  daemons: Daemon[]
 }
 
 interface TapLike {
   teardown(fn: () => unknown): void
 }
 
-/** Temp directories for one test; on teardown, anything mounted or attached under them is cleaned up. */
-export async function workspace(t: TapLike): Promise<Workspace> {
+/**
+ * Temp directories for one test (and, on cinder, a project of its own); on
+ * teardown its daemons are stopped, and anything mounted, attached or
+ * created under them is cleaned up.
+ */
+export async function workspace(t: TapLike, on: BackendName = backend): Promise<Workspace> {
   const root = await fs.mkdtemp(path.join(os.tmpdir(), 'cinderfs-test-'))
-  const ws = { root, mountpoint: path.join(root, 'mnt'), localDir: path.join(root, 'volumes') }
-  await fs.mkdir(ws.mountpoint)
+  const localDir = path.join(root, 'volumes')
+  await fs.mkdir(path.join(root, 'mnt'))
+  const base = { root, mountpoint: path.join(root, 'mnt'), localDir, volumeIds: new Set<string>(), daemons: [] }
+  let ws: Workspace
+  if (on === 'cinder') {
+    const cloud = await isolatedCloud(root)
+    ws = { ...base, imageOwner: cloud.projectId, service: cloud.service, cloud }
+  } else {
+    const service = new LocalVolumeService({ dir: localDir, host: 'cinderfs-test', useLoopDevices: false, logger: pino({ level: 'silent' }) })
+    ws = { ...base, imageOwner: 'cinderfs', service }
+  }
   t.teardown(async () => {
+    for (const daemon of ws.daemons) await daemon.stop()
     await run(`fusermount -u -z '${ws.mountpoint}' 2>/dev/null; umount -l '${ws.localDir}' 2>/dev/null; true`)
-    for (const loop of await loopsUnder(root)) await run(`losetup -d ${loop}`)
+    for (const loop of await loopsOf(ws)) await run(`losetup -d ${loop}`)
+    await ws.cloud?.remove()
     await fs.rm(root, { recursive: true, force: true })
   })
   return ws
 }
 
 /**
- * Starts `cinderfs mount` on the workspace and waits for it to be mounted.
- * `cwd` is where the daemon runs (its ./clouds.yaml for --os-cloud).
+ * Starts `cinderfs mount` on the workspace and waits for it to be mounted; the workspace stops it on teardown.
+ * `cwd` is where the daemon runs (its ./clouds.yaml for --os-cloud; default the workspace).
  */
-export async function startDaemon(t: TapLike, ws: Workspace, args: string[] = [], options: { cwd?: string } = {}): Promise<Daemon> {
-  const child = spawn(process.execPath, [cli, 'mount', ws.mountpoint, '--local-dir', ws.localDir, '--log-level', 'debug', ...args], { stdio: ['ignore', 'ignore', 'pipe'], cwd: options.cwd })
+export async function startDaemon(ws: Workspace, args: string[] = [], options: { cwd?: string } = {}): Promise<Daemon> {
+  const backendArgs = ws.cloud === undefined ? ['--local-dir', ws.localDir] : ['--backend', 'cinder', '--os-cloud', ws.cloud.cloud]
+  const child = spawn(process.execPath, [cli, 'mount', ws.mountpoint, ...backendArgs, '--log-level', 'debug', ...args], { stdio: ['ignore', 'ignore', 'pipe'], cwd: options.cwd ?? ws.root })
   let logs = ''
-  child.stderr?.on('data', (chunk: Buffer) => { logs += chunk.toString() })
+  child.stderr?.on('data', (chunk: Buffer) => {
+    const text = chunk.toString()
+    logs += text
+    for (const [, id] of text.matchAll(/"volumeId":"([0-9a-f-]{36})"/g)) if (id !== undefined) ws.volumeIds.add(id)
+  })
   const exited = new Promise<number | null>(resolve => child.on('exit', code => resolve(code)))
   const daemon: Daemon = {
     mountpoint: ws.mountpoint,
@@ -61,14 +117,15 @@ export async function startDaemon(t: TapLike, ws: Workspace, args: string[] = []
     file: name => path.join(ws.mountpoint, name),
     stop: async () => {
       if (child.exitCode === null && child.signalCode === null) child.kill('SIGTERM')
-      return Promise.race([exited, sleep(60_000).then(() => { child.kill('SIGKILL'); return null })])
+      // unref'd: a pending timer would keep the test process alive for the full minute
+      return Promise.race([exited, sleep(60_000, undefined, { ref: false }).then(() => { child.kill('SIGKILL'); return null })])
     },
     kill: async () => {
       child.kill('SIGKILL')
       await exited
     },
   }
-  t.teardown(async () => { await daemon.stop() })
+  ws.daemons.push(daemon)
   for (let waited = 0; !logs.includes('"msg":"mounted"'); waited += 50) {
     if (child.exitCode !== null || waited > 30_000) throw new Error(`cinderfs did not mount (exit ${child.exitCode}):\n${logs}`)
     await sleep(50)
@@ -76,21 +133,27 @@ export async function startDaemon(t: TapLike, ws: Workspace, args: string[] = []
   return daemon
 }
 
-/** Loop devices whose backing files lie under `dir` (a leak check). */
-export async function loopsUnder(dir: string): Promise<string[]> {
+/**
+ * Loop devices the workspace's volumes left (a leak check): on local those
+ * backed by files under its root, on cinder those over the rig's files of
+ * the volumes its daemons logged.
+ */
+export async function loopsOf(ws: Workspace): Promise<string[]> {
   const out = (await run('losetup --list --noheadings --output NAME,BACK-FILE')).stdout
-  return out.split('\n').filter(line => line.includes(dir)).map(line => line.trim().split(/\s+/)[0] ?? '').filter(name => name !== '')
+  const ours = (backing: string): boolean => ws.cloud === undefined
+    ? backing.startsWith(ws.root + '/')
+    : backing.startsWith(STATE_DIR + '/') && [...ws.volumeIds].some(id => backing.includes(id))
+  return out.split('\n').map(line => line.trim().split(/\s+/)).filter(([name, backing]) => name !== undefined && name !== '' && backing !== undefined && ours(backing)).map(([name]) => name ?? '')
 }
 
-/** Volumes of the local backend, as their records say. */
-export async function localVolumes(dir: string): Promise<Array<{ id: string, name: string, sizeGiB: number, readOnly: boolean, metadata: Record<string, string> }>> {
-  const entries = await fs.readdir(dir).catch(() => [])
-  const out = []
-  for (const entry of entries) {
-    if (!entry.endsWith('.json')) continue
-    out.push(JSON.parse(await fs.readFile(path.join(dir, entry), 'utf8')) as { id: string, name: string, sizeGiB: number, readOnly: boolean, metadata: Record<string, string> })
-  }
-  return out
+/** The workspace's volumes, as its backend lists them, by name. */
+export async function volumes(ws: Workspace): Promise<Array<{ id: string, name: string, sizeGiB: number, readOnly: boolean, metadata: Record<string, string> }>> {
+  const all = await listAll(ws.service).catch((err: unknown) => {
+    // the local directory does not exist before the first daemon made it
+    if ((err as { code?: string }).code === 'ENOENT' && ws.cloud === undefined) return []
+    throw err
+  })
+  return all.map(({ id, name, sizeGiB, readOnly, metadata }) => ({ id, name, sizeGiB, readOnly, metadata })).sort((a, b) => a.name.localeCompare(b.name))
 }
 
 /** A file of random bytes, made once per size per run. */

@@ -4,8 +4,9 @@ import path from 'node:path'
 import { promisify } from 'node:util'
 import { pino, type Logger } from 'pino'
 import type { Test } from 'tap'
+import { parse as parseYaml, stringify as toYaml } from 'yaml'
 import { CinderVolumeService } from '../../src/backends/cinder.js'
-import type { ConnectionInfo } from '../../src/backends/volume-service.js'
+import { listAll, type ConnectionInfo } from '../../src/backends/volume-service.js'
 import { openStackSettings, type OpenStackSources, type OpenStackSettings } from '../../src/config/openstack.js'
 import { HttpClient } from '../../src/openstack/http.js'
 import { KeystoneClient } from '../../src/openstack/keystone.js'
@@ -16,7 +17,7 @@ const scripts = path.resolve(__dirname, '../../../scripts/openstack')
 
 /** Where scripts/openstack/up keeps its state (clouds.yaml, volume files). */
 export const STATE_DIR = process.env.CINDERFS_OS_STATE ?? '/var/tmp/cinderfs-openstack'
-/** Every test volume's name starts with this, so leftovers can be found. */
+/** Every test volume's (and test project's) name starts with this, so leftovers can be found. */
 export const TEST_PREFIX = 'cinderfs-test-'
 /** The clouds up writes into STATE_DIR/clouds.yaml. */
 export const CLOUDS = { admin: 'cinderfs-admin', glance: 'cinderfs-glance', member: 'cinderfs-member' } as const
@@ -33,14 +34,18 @@ export function needsOpenStack(): string | false {
  * running before: then it is left as it was.
  */
 export async function useOpenStack(t: Test): Promise<void> {
-  const wasRunning = spawnSync(path.join(scripts, 'up'), ['--check'], { stdio: 'ignore' }).status === 0
-  if (wasRunning) return
+  if (rigRunning()) return
   const started = Date.now()
   await run(path.join(scripts, 'up'), [], { maxBuffer: 16 << 20 })
   t.comment(`OpenStack rig started in ${((Date.now() - started) / 1000).toFixed(1)} s`)
   t.teardown(async () => {
     await run(path.join(scripts, 'down'), [], { maxBuffer: 16 << 20 })
   })
+}
+
+/** True when scripts/openstack/up --check finds every service running. */
+export function rigRunning(): boolean {
+  return spawnSync(path.join(scripts, 'up'), ['--check'], { stdio: 'ignore' }).status === 0
 }
 
 /** Settings for one of the rig's clouds, read through the real clouds.yaml search path (./clouds.yaml). */
@@ -68,9 +73,16 @@ export function rigLoopDevices(): string[] {
 /** Raw Cinder calls as the rig's admin (quotas, volume types, leftover checks). */
 export interface AdminCinder {
   send(method: 'GET' | 'POST' | 'PUT' | 'DELETE', path: string, body?: unknown): Promise<unknown>
+  /** The same, to Keystone (identity v3: projects, users, roles). */
+  identity(method: 'GET' | 'POST' | 'PUT' | 'DELETE', path: string, body?: unknown): Promise<Record<string, unknown>>
   projectId(cloud: string): Promise<string>
-  /** Test volumes (and their attachments) left in any project. */
-  leftovers(): Promise<{ volumes: string[], attachments: string[] }>
+  /** Ids of the projects isolatedCloud made that still exist. */
+  testProjects(): Promise<string[]>
+  /**
+   * Test volumes (and their attachments) left in any project; with `since`,
+   * only those created since then (the rig may be shared with other runs).
+   */
+  leftovers(since?: Date): Promise<{ volumes: string[], attachments: string[] }>
   close(): void
 }
 
@@ -83,6 +95,9 @@ export async function adminCinder(): Promise<AdminCinder> {
   }
   const admin = keystone(CLOUDS.admin)
   const base = await admin.endpoint(cloudSettings(CLOUDS.admin).endpoint)
+  const identityUrl = cloudSettings(CLOUDS.admin).authUrl.replace(/\/+$/, '')
+  const identity: AdminCinder['identity'] = async (method, path, body) =>
+    await admin.withToken(async token => (await http.send({ method, url: identityUrl + path, headers: { 'X-Auth-Token': token.id }, body, idempotent: method !== 'POST' })).data as Record<string, unknown>)
   const send: AdminCinder['send'] = async (method, path, body) => await admin.withToken(async token => (await http.send({
     method,
     url: base + path,
@@ -92,12 +107,16 @@ export async function adminCinder(): Promise<AdminCinder> {
   })).data)
   return {
     send,
+    identity,
     projectId: async cloud => (await keystone(cloud).token()).projectId ?? '',
-    leftovers: async () => {
-      const reply = await send('GET', `/volumes/detail?all_tenants=1&name~=${TEST_PREFIX}`) as { volumes: { id: string, attachments: { attachment_id: string }[] }[] }
+    testProjects: async () => ((await identity('GET', '/projects')).projects as { id: string, name: string }[]).filter(p => p.name.startsWith(TEST_PREFIX)).map(p => p.id),
+    leftovers: async since => {
+      const reply = await send('GET', `/volumes/detail?all_tenants=1&name~=${TEST_PREFIX}`) as { volumes: { id: string, created_at: string, attachments: { attachment_id: string }[] }[] }
+      // Cinder's timestamps are UTC without a zone
+      const left = reply.volumes.filter(v => since === undefined || new Date(`${v.created_at}Z`) >= since)
       return {
-        volumes: reply.volumes.map(v => v.id),
-        attachments: reply.volumes.flatMap(v => v.attachments.map(a => a.attachment_id)),
+        volumes: left.map(v => v.id),
+        attachments: left.flatMap(v => v.attachments.map(a => a.attachment_id)),
       }
     },
     close: () => { http.close() },
@@ -166,5 +185,65 @@ export async function readAt(device: string, length: number, position = 0): Prom
     return buffer.toString()
   } finally {
     await handle.close()
+  }
+}
+
+/** A project of its own for one test, with the glance account in it (see isolatedCloud). */
+export interface IsolatedCloud {
+  /** The cloud's name in `dir`/clouds.yaml: run cinderfs there with --os-cloud this. */
+  cloud: string
+  /** Where that clouds.yaml is (the daemon's working directory). */
+  dir: string
+  projectId: string
+  /** A backend for the project, as the daemon builds it. */
+  service: CinderVolumeService
+  /** Deletes the project's volumes (their attachments first) and the project; resolves with how many volumes were left. */
+  remove(): Promise<number>
+}
+
+/**
+ * A fresh project in which the glance account has its roles, and a
+ * clouds.yaml in `dir` naming it: a mount over it lists only what the test
+ * made, whatever else runs on the rig, and removing the project's volumes
+ * cleans up after the test whatever names it used.
+ */
+export async function isolatedCloud(dir: string): Promise<IsolatedCloud> {
+  const admin = await adminCinder()
+  const idOf = async (collection: 'users' | 'roles', name: string): Promise<string> => {
+    const found = (await admin.identity('GET', `/${collection}?name=${name}`))[collection] as { id: string }[]
+    if (found[0] === undefined) throw new Error(`Keystone has no ${collection.slice(0, -1)} ${name}`)
+    return found[0].id
+  }
+  const name = testName('project')
+  const project = (await admin.identity('POST', '/projects', { project: { name, domain_id: 'default', description: 'cinderfs test (deleted when the test ends)' } })).project as { id: string }
+  const glance = await idOf('users', 'glance')
+  for (const role of ['admin', 'member']) await admin.identity('PUT', `/projects/${project.id}/users/${glance}/roles/${await idOf('roles', role)}`)
+
+  const glanceCloud = (parseYaml(await fs.readFile(path.join(STATE_DIR, 'clouds.yaml'), 'utf8')) as { clouds: Record<string, { auth: Record<string, string> }> }).clouds[CLOUDS.glance]
+  if (glanceCloud === undefined) throw new Error(`${STATE_DIR}/clouds.yaml has no cloud ${CLOUDS.glance}`)
+  const cloud = 'cinderfs-test'
+  await fs.writeFile(path.join(dir, 'clouds.yaml'), toYaml({ clouds: { [cloud]: { ...glanceCloud, auth: { ...glanceCloud.auth, project_name: name } } } }), { mode: 0o600 })
+  const service = new CinderVolumeService({
+    settings: openStackSettings({ osCloud: cloud, cwd: dir, home: '/nonexistent', env: {} }),
+    logger: capturingLogger().logger,
+    host: 'cinderfs-test-cleanup',
+  })
+  return {
+    cloud, dir, projectId: project.id, service,
+    remove: async () => {
+      const cinder = await service.client()
+      const left = await listAll(service)
+      // all at once: each delete waits for Cinder to finish it
+      await Promise.all(left.map(async volume => {
+        for (const a of (await cinder.showVolume(volume.id)).attachments) {
+          await service.detach({ id: a.id, volumeId: volume.id, mode: 'rw', connectionInfo: { driverVolumeType: '', data: {} } })
+        }
+        await service.delete(volume.id)
+      }))
+      await admin.identity('DELETE', `/projects/${project.id}`)
+      await service.close()
+      admin.close()
+      return left.length
+    },
   }
 }

@@ -28,7 +28,7 @@ function deletedAtEnd(t: Test, location: string): void {
 
 /** A mount with a host name of its own: recovery at start must not touch other daemons' uploads on this machine. */
 async function mount(t: Test): Promise<Daemon> {
-  return startDaemon(t, await workspace(t), ['--backend', 'cinder', '--os-cloud', CLOUDS.glance, '--host', testName('glance-host')], { cwd: STATE_DIR })
+  return startDaemon(await workspace(t, 'local'), ['--backend', 'cinder', '--os-cloud', CLOUDS.glance, '--host', testName('glance-host')], { cwd: STATE_DIR })
 }
 
 t.test('an image copied into the mount is read back by glance_store get() byte for byte', { skip }, async t => {

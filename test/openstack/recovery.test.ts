@@ -18,7 +18,7 @@ t.test('a half-uploaded volume of this host that another host holds attached doe
     await other.delete(id)
   })
 
-  const daemon = await startDaemon(t, await workspace(t), ['--backend', 'cinder', '--os-cloud', CLOUDS.glance, '--host', host], { cwd: STATE_DIR })
+  const daemon = await startDaemon(await workspace(t, 'local'), ['--backend', 'cinder', '--os-cloud', CLOUDS.glance, '--host', host], { cwd: STATE_DIR })
   t.match(daemon.logs(), /recovery: could not delete a volume left uploading/, 'the refused delete is logged')
   t.notOk((await sh(`ls '${daemon.mountpoint}'`)).split('\n').includes(name), 'the partial upload is not shown')
   t.equal((await other.get(id)).status, 'in-use', 'the holder keeps its volume')
