@@ -124,8 +124,8 @@ with open('${daemon.file('partial')}', 'wb') as out:
   t.ok((await attachmentsOf(ws)).length >= 2, 'Cinder still lists the dead daemon\'s attachments')
 
   const again = await startDaemon(ws, ['--host', 'crash-host'])
-  t.match(again.logs(), /recovery: deleting an attachment left by an earlier run/, 'recovery deleted the attachments')
-  t.match(again.logs(), /recovery: deleting a volume left half-done/, 'and the half-uploaded volume')
+  t.match(again.logs(), /recovery: delete an attachment left by an earlier run/, 'recovery deleted the attachments')
+  t.match(again.logs(), /recovery: delete a volume left uploading by an earlier run/, 'and the half-uploaded volume')
   t.same(await attachmentsOf(ws), [], 'Cinder lists no attachment')
   t.same((await volumes(ws)).map(v => v.name), ['image-complete'], 'only the complete image\'s volume is left')
   t.equal(await sh(`cat '${again.file('complete')}'`), 'survivor\n', 'and it is intact')
