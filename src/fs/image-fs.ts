@@ -153,7 +153,16 @@ export class ImageFs {
     if (!handle.writable || upload === undefined) return
     upload.writeHandles--
     if (upload.writeHandles > 0) return
-    this.uploads.delete(upload.volumeId)
+    try {
+      await this.closeUpload(upload)
+    } finally {
+      // Only now: until the upload is done, metadata changes and renames wait for it (see settledUpload).
+      this.uploads.delete(upload.volumeId)
+    }
+  }
+
+  /** The last writer is gone: finalise (or drop) what is still open, then mark it read-only. */
+  private async closeUpload(upload: Upload): Promise<void> {
     if (upload.isOpen) {
       if (upload.discarded) {
         await this.dropUpload(upload, 'unlinked while open')
@@ -227,6 +236,7 @@ export class ImageFs {
     if (toName === source.name) return
     const replaced = await this.o.store.lookup(toName)
     const volumeId = source.volume.id
+    const upload = await this.settledUpload(source)
     const generation = Date.now()
     // Generation first: from the moment the name changes this volume wins over the one it replaces.
     await this.o.service.updateMetadata(volumeId, {
@@ -241,10 +251,9 @@ export class ImageFs {
     }
     this.o.store.remove(source.name)
     this.o.store.set(renamed)
-    const upload = this.uploads.get(volumeId)
     if (upload !== undefined) {
       upload.name = toName
-      this.o.store.pin(toName)
+      if (upload.isOpen) this.o.store.pin(toName)
     }
     this.log.info({ volumeId, from: source.name, to: toName, replaces: replaced?.volume.id }, 'renamed')
     // Only now that the new image stands under the name is the old one deleted.
@@ -423,6 +432,13 @@ export class ImageFs {
     await upload.abort(reason)
   }
 
+  /** The entry's upload, once any finalisation in flight has ended. */
+  private async settledUpload(entry: ImageEntry): Promise<Upload | undefined> {
+    const upload = this.uploads.get(entry.volume.id)
+    await upload?.settled()
+    return upload
+  }
+
   private async attachForRead(handle: Handle): Promise<void> {
     handle.leasing ??= this.o.attachments.acquire(handle.entry.volume.id, 'ro')
     const lease = await handle.leasing
@@ -444,7 +460,7 @@ export class ImageFs {
       return
     }
     const entry = await this.resolve(path)
-    const upload = this.uploads.get(entry.volume.id)
+    const upload = await this.settledUpload(entry)
     if (upload !== undefined && upload.isOpen) {
       Object.assign(upload.attrs, changes)
       return
@@ -457,8 +473,8 @@ export class ImageFs {
 
   /** libfuse hides an open file that is unlinked or replaced; it is deleted when its last handle goes. */
   private async hide(entry: ImageEntry, hiddenName: string): Promise<void> {
-    const upload = this.uploads.get(entry.volume.id)
-    if (upload !== undefined) upload.discarded = true
+    const upload = await this.settledUpload(entry)
+    if (upload !== undefined && upload.isOpen) upload.discarded = true
     else await this.o.service.updateMetadata(entry.volume.id, { [keys.state]: 'deleting', [keys.host]: this.o.host })
     this.o.store.remove(entry.name)
     this.hidden.set(hiddenName, entry)
@@ -467,8 +483,8 @@ export class ImageFs {
 
   /** Deletes an image's volume, after checking it really is one; waits for its readers to go. */
   private async destroy(entry: ImageEntry): Promise<void> {
-    const upload = this.uploads.get(entry.volume.id)
-    if (upload !== undefined) {
+    const upload = await this.settledUpload(entry)
+    if (upload !== undefined && upload.isOpen) {
       upload.discarded = true
       if (upload.writeHandles === 0) await this.dropUpload(upload, 'unlinked')
       return

@@ -71,6 +71,7 @@ export class Upload {
   /** Set when the file was unlinked while open: its data is discarded, not finalised. */
   discarded = false
   private state: State = 'open'
+  private finalising: Promise<FinalImage> | undefined
   private sealed = false
   private capacity: number
   private lease: Lease
@@ -198,6 +199,17 @@ export class Upload {
    * a volume that recovery deletes, never one that looks complete.
    */
   async finalise(): Promise<FinalImage> {
+    const finalising = this.runFinalise()
+    this.finalising = finalising
+    return finalising
+  }
+
+  /** Resolves once a finalisation in progress has ended, either way (metadata changes must come after it). */
+  async settled(): Promise<void> {
+    await this.finalising?.catch(() => undefined)
+  }
+
+  private async runFinalise(): Promise<FinalImage> {
     this.checkWritable()
     this.state = 'finalising'
     try {
