@@ -52,7 +52,7 @@ export async function useRbdRig(t: Test): Promise<CephCluster> {
 export async function startRbdDaemon(t: Test, ceph: CephCluster, prefix: string, ws?: Workspace): Promise<{ ws: Workspace, daemon: Daemon }> {
   process.chdir(STATE_DIR)
   const space = ws ?? await workspace(t, 'local')
-  const daemon = await startDaemon(space, ['--backend', 'cinder', '--os-cloud', CLOUDS.glance, '--volume-type', 'rbd', '--ceph-keyring-dir', ceph.keyringDir])
+  const daemon = await startDaemon(space, ['--backend', 'cinder', '--os-cloud', CLOUDS.glance, '--volume-type', 'rbd', '--ceph-keyring-dir', ceph.keyringDir], { cwd: STATE_DIR })
   // Teardowns run last first: this one before the daemon stops.
   t.teardown(async () => { await run('bash', ['-c', `rm -f '${space.mountpoint}/${prefix}'* 2>/dev/null; true`]) })
   return { ws: space, daemon }
