@@ -1,5 +1,6 @@
 import { LRUCache } from 'lru-cache'
 import { CinderfsError } from '../errors/errors.js'
+import { AlignedBlockPool } from '../memory/aligned-blocks.js'
 
 /** Where blocks come from: one attached, immutable image. */
 export interface BlockSource {
@@ -58,8 +59,8 @@ export class BlockCache {
   private readonly maxWindowBlocks: number
   private readonly lru: LRUCache<string, Buffer>
   private readonly inflight = new Map<string, Waiter[]>()
-  private readonly free: Buffer[] = []
-  private readonly maxFree: number
+  /** Every block's memory: aligned, so devices can read into it with O_DIRECT, and reused. */
+  private readonly pool: AlignedBlockPool
   private inflightBlocks = 0
   private readonly maxInflightBlocks: number
   readonly stats: BlockCacheStats = { hits: 0, misses: 0, deviceReads: 0, deviceBytes: 0, prefetches: 0, cachedBytes: 0 }
@@ -69,15 +70,15 @@ export class BlockCache {
     this.budgetBytes = options.budgetBytes
     this.maxWindowBlocks = Math.max(1, Math.floor(options.readaheadBytes / options.blockSize))
     const budgetBlocks = Math.floor(options.budgetBytes / options.blockSize)
-    this.maxFree = Math.min(16, Math.max(2, budgetBlocks >> 3))
+    this.pool = new AlignedBlockPool(options.blockSize)
     // In-flight blocks are not in the LRU yet; bound them so the budget holds.
     this.maxInflightBlocks = Math.max(2, Math.min(this.maxWindowBlocks * 2, budgetBlocks >> 2))
     this.lru = new LRUCache<string, Buffer>({
       maxSize: options.budgetBytes,
       sizeCalculation: () => this.blockSize,
-      dispose: (block, _key, reason) => {
+      dispose: block => {
         this.stats.cachedBytes -= this.blockSize
-        if (reason !== 'set' && this.free.length < this.maxFree) this.free.push(fullBlock(block, this.blockSize))
+        this.pool.give(block)
       },
     })
   }
@@ -157,7 +158,7 @@ export class BlockCache {
     this.inflightBlocks++
     const start = index * this.blockSize
     const length = Math.min(this.blockSize, source.size - start)
-    const buffer = this.free.pop() ?? Buffer.allocUnsafeSlow(this.blockSize)
+    const buffer = this.pool.take()
     this.stats.deviceReads++
     source.read(buffer, 0, length, start).then(n => {
       if (n !== length) throw new CinderfsError('EIO', `short read from ${source.key}: ${n} of ${length} bytes at ${start}`)
@@ -168,7 +169,7 @@ export class BlockCache {
       this.lru.set(key, block)
       this.stats.cachedBytes += this.blockSize
     }, (err: unknown) => {
-      if (this.free.length < this.maxFree) this.free.push(buffer)
+      this.pool.give(buffer)
       this.settle(key, undefined, err)
     })
   }
@@ -213,9 +214,4 @@ export class BlockCache {
 
 function blockKey(source: BlockSource, index: number): string {
   return `${source.key}:${index}`
-}
-
-/** The whole allocation behind a (possibly shortened) block, for reuse. */
-function fullBlock(block: Buffer, blockSize: number): Buffer {
-  return Buffer.from(block.buffer, block.byteOffset, blockSize)
 }

@@ -1,6 +1,7 @@
 import fs from 'node:fs'
 import { promisify } from 'node:util'
 import { fail } from '../errors/errors.js'
+import { directIoAlignment, isDirectIoAligned, roundUpToAlignment } from '../memory/aligned-blocks.js'
 import type { BlockDevice } from './connector.js'
 
 const read = promisify(fs.read)
@@ -8,7 +9,14 @@ const write = promisify(fs.write)
 const fdatasync = promisify(fs.fdatasync)
 const close = promisify(fs.close)
 
-/** A block device or image file reached through a file descriptor. */
+/**
+ * A block device or image file reached through a file descriptor; with a
+ * second one opened O_DIRECT, aligned reads (the block cache's) and writes
+ * (the uploads' windows) skip the page cache: the cache above holds what is
+ * worth keeping, and an image being written is not read back soon. Linux
+ * keeps the two coherent (a direct write invalidates cached pages; a direct
+ * read writes dirty ones first), and fdatasync on either flushes the device.
+ */
 export class FdBlockDevice implements BlockDevice {
   private current: number
   private closed = false
@@ -19,6 +27,7 @@ export class FdBlockDevice implements BlockDevice {
     readonly writable: boolean,
     size: number,
     private readonly measure: () => Promise<number>,
+    private readonly directFd?: number,
   ) {
     this.current = size
   }
@@ -36,6 +45,11 @@ export class FdBlockDevice implements BlockDevice {
     this.checkOpen()
     if (position >= this.current) return 0
     const n = Math.min(length, this.current - position)
+    const span = roundUpToAlignment(n)
+    if (this.directFd !== undefined && position % directIoAlignment === 0 && offset + span <= buffer.length && isDirectIoAligned(buffer, offset)) {
+      const { bytesRead } = await read(this.directFd, buffer, offset, span, position)
+      return Math.min(bytesRead, n)
+    }
     const { bytesRead } = await read(this.fd, buffer, offset, n, position)
     return bytesRead
   }
@@ -45,9 +59,11 @@ export class FdBlockDevice implements BlockDevice {
     if (!this.writable) fail('EROFS', `${this.path} is attached read-only`)
     // A block device clips writes at its end; refuse instead of losing the tail.
     if (position + length > this.current) fail('EFBIG', `write of ${length} bytes at ${position} passes the end of ${this.path} (${this.current} bytes)`)
+    const direct = this.directFd !== undefined && position % directIoAlignment === 0 && length % directIoAlignment === 0 && isDirectIoAligned(buffer, offset)
+    const fd = direct && this.directFd !== undefined ? this.directFd : this.fd
     let done = 0
     while (done < length) {
-      const { bytesWritten } = await write(this.fd, buffer, offset + done, length - done, position + done)
+      const { bytesWritten } = await write(fd, buffer, offset + done, length - done, position + done)
       if (bytesWritten === 0) fail('EIO', `${this.path} accepted no bytes at ${position + done}`)
       done += bytesWritten
     }
@@ -62,6 +78,7 @@ export class FdBlockDevice implements BlockDevice {
   async close(): Promise<void> {
     if (this.closed) return
     this.closed = true
+    if (this.directFd !== undefined) await close(this.directFd)
     await close(this.fd)
   }
 

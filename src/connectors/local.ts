@@ -31,12 +31,17 @@ export class LocalConnector implements Connector {
       fail('EIO', `${devicePath} is not a block device`, { devicePath })
     }
     const flags = mode === 'rw' ? constants.O_RDWR : constants.O_RDONLY
-    // A raw fd, not a FileHandle: the device owns it until close().
-    const fd = await promisify(open)(devicePath, flags)
+    // Raw fds, not FileHandles: the device owns them until close().
+    const fd = await openFd(devicePath, flags)
+    // The block cache's reads and the uploads' windows are aligned and skip the page cache through this one
+    // (a file system without O_DIRECT, such as tmpfs under a test's plain files, just goes without).
+    const directFd = await openFd(devicePath, flags | constants.O_DIRECT).catch(() => undefined)
     const measure = isFile ? async () => (await fs.stat(devicePath)).size : () => blockDeviceSize(stat.rdev)
-    return new FdBlockDevice(devicePath, fd, mode === 'rw', await measure(), measure)
+    return new FdBlockDevice(devicePath, fd, mode === 'rw', await measure(), measure, directFd)
   }
 }
+
+const openFd = promisify(open)
 
 /** fstat reports 0 for block devices; sysfs has the size in 512-byte sectors. */
 async function blockDeviceSize(rdev: number): Promise<number> {

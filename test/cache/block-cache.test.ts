@@ -101,3 +101,25 @@ t.test('a device error fails the readers of that block, and a retry can succeed'
   fail = false
   t.same(await readAll(cache, flaky, 0, 10), src.bytes.subarray(0, 10), 'the next read works')
 })
+
+t.test('blocks live in aligned, reused memory: a long read touches no more than the budget', async t => {
+  const blockSize = 64 * KiB
+  const cache = new BlockCache({ budgetBytes: 8 * blockSize, blockSize, readaheadBytes: 2 * blockSize })
+  const source = image(64 * blockSize)
+  const seen = new Set<ArrayBufferLike>()
+  const offsets = new Set<number>()
+  const aligned = { ...source, read: async (buffer: Buffer, offset: number, length: number, position: number) => {
+    seen.add(buffer.buffer)
+    offsets.add(buffer.byteOffset + offset)
+    return source.read(buffer, offset, length, position)
+  } }
+  const stream = newReadStream()
+  for (let at = 0; at < source.size; at += 32 * KiB) {
+    const target = Buffer.alloc(32 * KiB)
+    await cache.read(aligned, target, target.length, at, stream)
+    t.ok(target.equals(source.bytes.subarray(at, at + target.length)), `bytes at ${at}`) || t.fail('stop')
+  }
+  t.equal(seen.size, 1, 'every block comes from one aligned segment')
+  t.ok([...offsets].every(o => o % 4096 === 0), 'every device read lands 4 KiB aligned')
+  t.ok(offsets.size <= 8 + 8, `blocks are reused: ${offsets.size} distinct blocks for a 64-block image with an 8-block budget`)
+})
