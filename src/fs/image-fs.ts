@@ -7,7 +7,8 @@ import type { Logger } from '../log/logger.js'
 import type { ImageEntry, ImageStore } from '../store/image-store.js'
 import { attributeMetadata, isImageVolume, keys } from '../store/metadata.js'
 import { checkFileName, fileNameFromPath, isFuseHiddenName, isUuid, volumeNameOf } from '../store/names.js'
-import { Upload, type PendingAttributes } from '../upload/upload.js'
+import { AlignedBlockPool } from '../memory/aligned-blocks.js'
+import { Upload, uploadWindowBytes, type PendingAttributes } from '../upload/upload.js'
 import { HandleTable, type Handle } from './handles.js'
 import { xattrNames, type FileStat, type FsStat } from './types.js'
 
@@ -40,6 +41,8 @@ const accessModeMask = 3
 export class ImageFs {
   private readonly handles = new HandleTable()
   private readonly uploads = new Map<string, Upload>()
+  /** Staging memory of every upload, reused from one to the next. */
+  private readonly uploadChunks = new AlignedBlockPool(uploadWindowBytes, { shared: true })
   /** libfuse2's `.fuse_hidden…` names for open files that were unlinked or replaced. */
   private readonly hidden = new Map<string, ImageEntry>()
   /** The root has no volume: its attributes (rsync -a sets them) live in memory for the mount's life. */
@@ -399,7 +402,7 @@ export class ImageFs {
     }
     const upload = new Upload({
       volumeId: volume.id, name, capacityGiB: volume.sizeGiB, lease, service: this.o.service,
-      attachments: this.o.attachments, writeBuffer: this.o.writeBuffer, host: this.o.host, logger: this.o.logger,
+      attachments: this.o.attachments, writeBuffer: this.o.writeBuffer, chunks: this.uploadChunks, host: this.o.host, logger: this.o.logger,
     })
     upload.attrs.mode = mode
     this.uploads.set(volume.id, upload)

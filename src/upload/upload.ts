@@ -3,8 +3,10 @@ import type { AttachmentManager, Lease } from '../attachments/attachment-manager
 import { GiB, type VolumeService } from '../backends/volume-service.js'
 import { CinderfsError, errorCode, errorMessage, fail } from '../errors/errors.js'
 import type { Logger } from '../log/logger.js'
+import type { AlignedBlockPool } from '../memory/aligned-blocks.js'
 import { attributeMetadata, keys } from '../store/metadata.js'
 import { Hasher, type Digests } from './hasher.js'
+import { addRange, type Range } from './ranges.js'
 
 export interface UploadOptions {
   volumeId: string
@@ -15,6 +17,8 @@ export interface UploadOptions {
   attachments: AttachmentManager
   /** Bytes of writes held while the volume grows. */
   writeBuffer: number
+  /** Aligned, shared memory for the staging windows (its block size is the window size). */
+  chunks: AlignedBlockPool
   /** Recorded while uploading, so recovery on this host knows the volume is its own. */
   host: string
   logger: Logger
@@ -35,15 +39,29 @@ export interface FinalImage {
 
 type State = 'open' | 'finalising' | 'final' | 'aborted'
 
-interface QueuedWrite {
-  data: Buffer
-  position: number
+/**
+ * One aligned window of the volume whose writes are gathered in memory: the
+ * device gets it in one O_DIRECT write and both hash workers read it in
+ * place, so a byte written costs one copy (FUSE buffer → window).
+ */
+interface Stage {
+  block: Buffer
+  /** Volume offset of block[0]; a multiple of the window size. */
+  start: number
+  /** What was written, as offsets into block: sorted, disjoint, merged. */
+  ranges: Range[]
+  /** Owners until the block may be reused: the device write, and each hashed range. */
+  refs: number
 }
 
 /** Written bytes between background flushes: a full backend then stops the writer early, not at close. */
 const checkpointBytes = 256 * 1024 * 1024
 /** Below this much free space an I/O error from the device is taken to mean the backend is full. */
 const lowSpaceBytes = 64 * 1024 * 1024
+/** Size of a staging window: large device writes, few messages to the hash workers. */
+export const uploadWindowBytes = 1024 * 1024
+/** Windows on their way to the device at once (the libuv pool has four threads). */
+const maxWritesInFlight = 4
 /** How long a grown device may take to show its new size (iSCSI rescans, os-brick's LP#1959913). */
 const resizeWaitMs = 20_000
 const zeroChunk = Buffer.alloc(1024 * 1024)
@@ -53,12 +71,15 @@ export function ceilGiB(bytes: number): number {
 }
 
 /**
- * One file being written into a fresh volume. Writes go straight to the
- * device; a write past the volume's end starts a grow to exactly the GiB it
- * needs and waits in a bounded in-memory queue meanwhile, so the writer does
- * not stall on the grow and the final volume is ceil(bytes / GiB) GiB, as
- * Cinder cannot shrink. md5 and sha512 follow in-order writes (holes hash as
- * zeros); anything out of order is hashed by reading the device back at the end.
+ * One file being written into a fresh volume. Writes are gathered into
+ * aligned windows (Stage) that go to the device, O_DIRECT where it can, as
+ * soon as they are full or the writer moves on, a few at a time. A write past
+ * the volume's end starts a grow to exactly the GiB it needs; windows wait in
+ * a bounded in-memory queue meanwhile, so the writer does not stall on the
+ * grow and the final volume is ceil(bytes / GiB) GiB, as Cinder cannot
+ * shrink. md5 and sha512 follow in-order writes (holes hash as zeros);
+ * anything out of order is hashed by reading the device back at the end.
+ * Device errors of a window fail the next write, flush or close.
  */
 export class Upload {
   readonly volumeId: string
@@ -78,8 +99,15 @@ export class Upload {
   private hasher = new Hasher()
   private hashedUpTo = 0
   private hashInOrder = true
-  private queue: QueuedWrite[] = []
+  private stage: Stage | undefined
+  /** End of the furthest window handed to the device: a window before it may still be on its way. */
+  private stagedUpTo = 0
+  private readonly writes = new Set<Promise<void>>()
+  /** Windows waiting for a grow. */
+  private queue: Stage[] = []
   private queuedBytes = 0
+  /** Writes, reads, truncates and flushes of this upload run one at a time (they share the open window). */
+  private lock: Promise<void> = Promise.resolve()
   private growTargetGiB: number
   private growing: Promise<void> | undefined
   private failure: CinderfsError | undefined
@@ -120,31 +148,43 @@ export class Upload {
   }
 
   async write(data: Buffer, length: number, position: number): Promise<number> {
-    this.checkWritable()
-    const end = position + length
-    this.trackHash(data, length, position)
-    this.size = Math.max(this.size, end)
-    this.bytesWritten += length
-    if (this.queue.length > 0 || end > this.capacity) {
-      this.grow(ceilGiB(end))
-      if (this.queuedBytes + length <= this.options.writeBuffer) {
-        this.queue.push({ data: Buffer.from(data.subarray(0, length)), position })
-        this.queuedBytes += length
-        await this.hasher.ready()
-        return length
+    return this.exclusive(async () => {
+      this.checkWritable()
+      const end = position + length
+      this.size = Math.max(this.size, end)
+      this.bytesWritten += length
+      // Start growing now, ahead of the window that will need it.
+      if (end > this.capacity) this.grow(ceilGiB(end))
+      const windowBytes = this.options.chunks.blockSize
+      for (let done = 0; done < length;) {
+        const at = position + done
+        const start = at - (at % windowBytes)
+        if (this.stage !== undefined && this.stage.start !== start) await this.submitStage()
+        const stage = this.stage ?? await this.openStage(start)
+        const from = at - start
+        const n = Math.min(length - done, windowBytes - from)
+        data.copy(stage.block, from, done, done + n)
+        addRange(stage.ranges, from, from + n)
+        done += n
+        const [only] = stage.ranges
+        if (stage.ranges.length === 1 && only !== undefined && only.from === 0 && only.to === windowBytes) await this.submitStage()
       }
-      await this.drain()
-    }
-    await this.deviceWrite(data, length, position)
-    await this.hasher.ready()
-    this.checkpoint(length)
-    return length
+      await this.hasher.ready()
+      this.checkpoint(length)
+      return length
+    })
   }
 
   /** Reads what was written so far (a writer or another reader may look while it uploads). */
   async read(target: Buffer, length: number, position: number): Promise<number> {
-    this.throwIfFailed()
-    await this.drain()
+    return this.exclusive(async () => {
+      this.throwIfFailed()
+      await this.drain()
+      return this.readDevice(target, length, position)
+    })
+  }
+
+  private async readDevice(target: Buffer, length: number, position: number): Promise<number> {
     const end = Math.min(position + length, this.size)
     if (end <= position) return 0
     const n = await this.device().read(target, 0, end - position, position)
@@ -154,16 +194,18 @@ export class Upload {
   }
 
   async truncate(newSize: number): Promise<void> {
-    this.checkWritable()
-    if (!Number.isSafeInteger(newSize) || newSize < 0) fail('EINVAL', `bad size ${newSize}`)
-    if (newSize > this.capacity) this.grow(ceilGiB(newSize))
-    await this.drain()
-    if (newSize < this.size) {
-      // Cinder cannot shrink: zero the cut-off bytes so a later grow reads zeros, as POSIX says.
-      await this.zero(newSize, Math.min(this.size, this.capacity))
-      if (newSize < this.hashedUpTo) this.hashInOrder = false
-    }
-    this.size = newSize
+    await this.exclusive(async () => {
+      this.checkWritable()
+      if (!Number.isSafeInteger(newSize) || newSize < 0) fail('EINVAL', `bad size ${newSize}`)
+      if (newSize > this.capacity) this.grow(ceilGiB(newSize))
+      await this.drain()
+      if (newSize < this.size) {
+        // Cinder cannot shrink: zero the cut-off bytes so a later grow reads zeros, as POSIX says.
+        await this.zero(newSize, Math.min(this.size, this.capacity))
+        if (newSize < this.hashedUpTo) this.hashInOrder = false
+      }
+      this.size = newSize
+    })
   }
 
   /** A size the writer announced (xattr user.cinderfs.size_hint): grow once, now, to fit it. */
@@ -173,9 +215,11 @@ export class Upload {
   }
 
   async fsync(): Promise<void> {
-    this.throwIfFailed()
-    await this.drain()
-    await this.deviceFlush()
+    await this.exclusive(async () => {
+      this.throwIfFailed()
+      await this.drain()
+      await this.deviceFlush()
+    })
   }
 
   /**
@@ -199,7 +243,7 @@ export class Upload {
    * a volume that recovery deletes, never one that looks complete.
    */
   async finalise(): Promise<FinalImage> {
-    const finalising = this.runFinalise()
+    const finalising = this.exclusive(async () => this.runFinalise())
     this.finalising = finalising
     return finalising
   }
@@ -256,9 +300,12 @@ export class Upload {
     if (this.state === 'aborted' || this.state === 'final') return
     this.state = 'aborted'
     this.failure ??= new CinderfsError('EIO', `upload aborted: ${reason}`)
-    this.queue = []
-    this.queuedBytes = 0
+    // What is still in memory goes nowhere now; what is on its way to the device must land before the detach.
+    if (this.stage !== undefined) this.release(this.stage)
+    this.stage = undefined
+    this.dropQueue()
     await this.growing?.catch(() => undefined)
+    await this.settleWrites()
     this.log.warn({ reason }, 'upload aborted; deleting its volume')
     await this.hasher.close()
     try {
@@ -283,16 +330,97 @@ export class Upload {
     if (this.state !== 'open') fail('EROFS', `${this.name} is finalised and read-only`, { volumeId: this.volumeId })
   }
 
-  private trackHash(data: Buffer, length: number, position: number): void {
-    if (!this.hashInOrder) return
-    if (position < this.hashedUpTo) {
-      this.hashInOrder = false
-      this.log.debug({ position, hashedUpTo: this.hashedUpTo }, 'out-of-order write; hashes will be computed by reading back')
+  /** The window's ranges join the hash in place, if they continue the bytes hashed so far. */
+  private hashStage(stage: Stage): void {
+    for (const range of stage.ranges) {
+      if (!this.hashInOrder) return
+      const position = stage.start + range.from
+      if (position < this.hashedUpTo) {
+        this.hashInOrder = false
+        this.log.debug({ position, hashedUpTo: this.hashedUpTo }, 'out-of-order write; hashes will be computed by reading back')
+        return
+      }
+      this.hasher.zeros(position - this.hashedUpTo)
+      stage.refs++
+      this.hasher.updateShared(stage.block.subarray(range.from, range.to), range.to - range.from, () => this.release(stage))
+      this.hashedUpTo = stage.start + range.to
+    }
+  }
+
+  /** A window for the bytes at `start`; one the writer comes back to waits for its earlier bytes to land. */
+  private async openStage(start: number): Promise<Stage> {
+    if (start < this.stagedUpTo) await this.settleWrites()
+    const stage: Stage = { block: this.options.chunks.take(), start, ranges: [], refs: 1 }
+    this.stage = stage
+    return stage
+  }
+
+  /** Hands the open window to the hashers and the device (or the grow queue); waits only for room. */
+  private async submitStage(): Promise<void> {
+    const stage = this.stage
+    if (stage === undefined) return
+    this.stage = undefined
+    const last = stage.ranges.at(-1)
+    if (last === undefined) {
+      this.release(stage)
       return
     }
-    this.hasher.zeros(position - this.hashedUpTo)
-    this.hasher.update(data, length)
-    this.hashedUpTo = position + length
+    this.stagedUpTo = Math.max(this.stagedUpTo, stage.start + this.options.chunks.blockSize)
+    this.hashStage(stage)
+    const end = stage.start + last.to
+    if (this.queue.length > 0 || end > this.capacity) {
+      this.grow(ceilGiB(end))
+      if (this.queuedBytes + stage.block.length <= this.options.writeBuffer) {
+        this.queue.push(stage)
+        this.queuedBytes += stage.block.length
+        return
+      }
+      while (this.growing !== undefined) await this.growing
+      this.throwIfFailed()
+    }
+    while (this.writes.size >= maxWritesInFlight) await Promise.race(this.writes)
+    const write: Promise<void> = this.writeStage(stage).catch((err: unknown) => {
+      this.failure ??= asFailure(err, 'writing to the device failed')
+      this.log.error({ err: this.failure.message, errno: this.failure.code, position: stage.start }, 'device write failed; the upload fails')
+    }).finally(() => { this.writes.delete(write) })
+    this.writes.add(write)
+  }
+
+  private async writeStage(stage: Stage): Promise<void> {
+    try {
+      for (const range of stage.ranges) await this.deviceWrite(stage.block, range.from, range.to - range.from, stage.start + range.from)
+    } finally {
+      this.release(stage)
+    }
+  }
+
+  private release(stage: Stage): void {
+    if (--stage.refs === 0) this.options.chunks.give(stage.block)
+  }
+
+  private dropQueue(): void {
+    for (const stage of this.queue) this.release(stage)
+    this.queue = []
+    this.queuedBytes = 0
+  }
+
+  /** Until the grow and every window on its way to the device are done (their errors land in this.failure). */
+  private async settleWrites(): Promise<void> {
+    while (this.growing !== undefined) await this.growing
+    while (this.writes.size > 0) await Promise.all(this.writes)
+  }
+
+  /** Runs one data-path call at a time. */
+  private async exclusive<T>(work: () => Promise<T>): Promise<T> {
+    const previous = this.lock
+    let done = (): void => undefined
+    this.lock = new Promise<void>(resolve => { done = resolve })
+    await previous
+    try {
+      return await work()
+    } finally {
+      done()
+    }
   }
 
   private async digest(): Promise<Digests> {
@@ -308,7 +436,7 @@ export class Upload {
       const buffer = Buffer.allocUnsafeSlow(4 * 1024 * 1024)
       for (let position = 0; position < this.size; position += buffer.length) {
         const length = Math.min(buffer.length, this.size - position)
-        const n = await this.read(buffer, length, position)
+        const n = await this.readDevice(buffer, length, position)
         hasher.update(buffer, n)
         await hasher.ready()
       }
@@ -326,16 +454,13 @@ export class Upload {
   private async runGrow(): Promise<void> {
     try {
       while (this.capacity < this.growTargetGiB * GiB) await this.extendTo(this.growTargetGiB)
-      while (this.queue.length > 0) {
-        const next = this.queue.shift()
-        if (next === undefined) break
-        await this.deviceWrite(next.data, next.data.length, next.position)
-        this.queuedBytes -= next.data.length
+      for (let next = this.queue.shift(); next !== undefined; next = this.queue.shift()) {
+        this.queuedBytes -= next.block.length
+        await this.writeStage(next)
       }
     } catch (err) {
       this.failure = asFailure(err, 'growing the volume failed')
-      this.queue = []
-      this.queuedBytes = 0
+      this.dropQueue()
       this.log.error({ err: this.failure.message, errno: this.failure.code, targetGiB: this.growTargetGiB }, 'grow failed; the upload fails')
     }
   }
@@ -361,21 +486,22 @@ export class Upload {
     this.log.info({ sizeGiB, ms: Date.now() - started }, 'volume grown')
   }
 
-  /** Waits for any grow and for queued writes to reach the device. */
+  /** Sends the open window, then waits for the grow and every write to reach the device. */
   private async drain(): Promise<void> {
-    while (this.growing !== undefined) await this.growing
+    await this.submitStage()
+    await this.settleWrites()
     if (this.failure !== undefined) throw this.failure
   }
 
   private async zero(from: number, to: number): Promise<void> {
     for (let position = from; position < to; position += zeroChunk.length) {
-      await this.deviceWrite(zeroChunk, Math.min(zeroChunk.length, to - position), position)
+      await this.deviceWrite(zeroChunk, 0, Math.min(zeroChunk.length, to - position), position)
     }
   }
 
-  private async deviceWrite(data: Buffer, length: number, position: number): Promise<void> {
+  private async deviceWrite(data: Buffer, offset: number, length: number, position: number): Promise<void> {
     try {
-      await this.device().write(data, 0, length, position)
+      await this.device().write(data, offset, length, position)
     } catch (err) {
       throw await this.explain(err)
     }
