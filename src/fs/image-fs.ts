@@ -357,8 +357,9 @@ export class ImageFs {
 
   private statOf(entry: ImageEntry): FileStat {
     const upload = this.uploads.get(entry.volume.id)
-    const size = upload?.isOpen === true ? upload.size : entry.attrs.size
-    const attrs = upload?.isOpen === true ? { ...entry.attrs, ...upload.attrs } : entry.attrs
+    const live = upload?.isLive === true ? upload : undefined
+    const size = live === undefined ? entry.attrs.size : live.size
+    const attrs = live === undefined ? entry.attrs : { ...entry.attrs, ...live.attrs, mtimeNs: live.mtimeNs }
     return {
       mode: constants.S_IFREG | attrs.mode, uid: attrs.uid, gid: attrs.gid, size, nlink: 1,
       blocks: Math.ceil(size / 512), blksize: ioSize, mtimeMs: Number(attrs.mtimeNs / 1_000_000n),
@@ -413,7 +414,12 @@ export class ImageFs {
   }
 
   private async finalise(upload: Upload): Promise<void> {
-    await upload.finalise()
+    const final = await upload.finalise()
+    // Shown at once (size, mtime and hashes must not flicker while the volume is fetched again).
+    const entry = this.o.store.peek(upload.name)
+    if (entry?.volume.id === upload.volumeId) {
+      this.o.store.set({ ...entry, attrs: { ...entry.attrs, ...final.attrs, size: final.size, ...final.digests, state: 'final' } })
+    }
     const volume = await this.o.service.get(upload.volumeId)
     this.o.store.unpin(upload.name)
     this.o.store.set({ name: upload.name, volume, attrs: this.o.store.decode(volume) })

@@ -115,6 +115,8 @@ export class Upload {
   private sinceCheckpoint = 0
   private checkpointing: Promise<void> | undefined
   private readonly startedAt = Date.now()
+  /** When the bytes last changed (ms, as FUSE passes times); the mtime unless one is set after. */
+  private modifiedMs = this.startedAt
   private readonly log: Logger
 
   constructor(private readonly options: UploadOptions) {
@@ -128,6 +130,16 @@ export class Upload {
 
   get isOpen(): boolean {
     return this.state === 'open'
+  }
+
+  /** Open or being finalised: what it shows (size, mtime) is still the upload's, not the volume's metadata yet. */
+  get isLive(): boolean {
+    return this.state === 'open' || this.state === 'finalising'
+  }
+
+  /** The mtime it shows and will store: the last write or truncate, unless set since. */
+  get mtimeNs(): bigint {
+    return this.attrs.mtimeNs ?? BigInt(this.modifiedMs) * 1_000_000n
   }
 
   /**
@@ -153,6 +165,7 @@ export class Upload {
       const end = position + length
       this.size = Math.max(this.size, end)
       this.bytesWritten += length
+      this.modified()
       // Start growing now, ahead of the window that will need it.
       if (end > this.capacity) this.grow(ceilGiB(end))
       const windowBytes = this.options.chunks.blockSize
@@ -205,6 +218,7 @@ export class Upload {
         if (newSize < this.hashedUpTo) this.hashInOrder = false
       }
       this.size = newSize
+      this.modified()
     })
   }
 
@@ -268,7 +282,7 @@ export class Upload {
       this.lease.release()
       await this.options.attachments.detach(this.volumeId)
       const attrs: Required<PendingAttributes> = {
-        mtimeNs: this.attrs.mtimeNs ?? BigInt(Date.now()) * 1_000_000n,
+        mtimeNs: this.mtimeNs,
         mode: this.attrs.mode ?? 0o644,
         uid: this.attrs.uid ?? 0,
         gid: this.attrs.gid ?? 0,
@@ -315,6 +329,12 @@ export class Upload {
     } catch (err) {
       this.log.error({ err: errorMessage(err), errno: errorCode(err) }, 'cleanup of aborted upload failed; recovery at next start will retry')
     }
+  }
+
+  /** A write or truncate: mtime is now (POSIX), whatever was set before. */
+  private modified(): void {
+    this.modifiedMs = Date.now()
+    delete this.attrs.mtimeNs
   }
 
   private device() {
