@@ -110,7 +110,8 @@ class TestFileDriver(driver.VolumeDriver):
         for device, ro in self._loops(path).items():
             if ro == read_only:
                 return device
-        flags = ['--read-only'] if read_only else []
+        # Direct I/O, as the local backend attaches: the backing file's pages are not cached twice.
+        flags = ['--direct-io=on'] + (['--read-only'] if read_only else [])
         return _losetup('--find', '--show', *flags, path)
 
     @staticmethod
