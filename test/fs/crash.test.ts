@@ -37,7 +37,8 @@ with open('${daemon.file('partial')}', 'wb') as out:
 t.test('SIGTERM during an upload: the upload fails cleanly, everything is detached, exit 0', { skip: needsBackend() }, async t => {
   const ws = await workspace(t)
   const daemon = await startDaemon(ws)
-  const writer = run(`exec 3>'${daemon.file('open-upload')}'; echo partial >&3; sleep 30`)
+  // The shell holds the upload open; its sleep must not (fd 3, and the output pipes the test waits on), or the test waits it out.
+  const writer = run(`exec 3>'${daemon.file('open-upload')}'; echo partial >&3; sleep 30 3>&- >/dev/null 2>&1`)
   for (let i = 0; i < 100 && !/"name":"open-upload","msg":"upload started"/.test(daemon.logs()); i++) await sh('sleep 0.05')
   t.equal(await daemon.stop(), 0, 'exit code 0')
   await run(`pkill -f "exec 3>'${daemon.file('open-upload')}'"`)
