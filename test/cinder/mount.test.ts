@@ -108,7 +108,8 @@ t.test('kill -9 mid-upload, mount again: recovery deletes this host\'s attachmen
   await sh(`echo survivor > '${daemon.file('complete')}'`)
   const source = await randomFile(64 * MiB)
   // A reader holds an attachment of the complete image; a throttled writer is mid-upload.
-  const reader = run(`exec 3<'${daemon.file('complete')}'; cat <&3 >/dev/null; sleep 60`)
+  // It keeps the file open (fd 3) until the mount dies, then ends (a plain sleep held the test a minute).
+  const reader = run(`exec 3<'${daemon.file('complete')}'; cat <&3 >/dev/null; for i in $(seq 300); do stat '${daemon.file('complete')}' >/dev/null 2>&1 || break; sleep 0.2; done`)
   const writer = run(`/usr/bin/python3 -c "import time
 src = open('${source}', 'rb')
 with open('${daemon.file('partial')}', 'wb') as out:
