@@ -25,6 +25,8 @@ t.test('blocks are aligned for O_DIRECT, from segments carved in order', async t
   t.ok(blocks.every(block => isDirectIoAligned(block, 0) && block.length === 1024 * 1024), '70 MiB of blocks (two segments), all aligned')
   t.notOk(isDirectIoAligned(Buffer.allocUnsafeSlow(1024 * 1024), 0), 'an ordinary Buffer is not taken for aligned')
   t.notOk(isDirectIoAligned(blocks[0] ?? Buffer.alloc(0), 512), 'nor an offset inside a block that is not 4 KiB aligned')
+  const shared = new AlignedBlockPool(1024 * 1024, { shared: true }).take()
+  t.ok(shared.buffer instanceof SharedArrayBuffer && isDirectIoAligned(shared, 0), 'shared blocks (the uploads\' windows, read by the hash workers) are aligned too')
 })
 
 const target = directIoFile()

@@ -1,0 +1,7 @@
+{
+  "targets": [{
+    "target_name": "cinderfs_memory",
+    "sources": ["memory.c"],
+    "cflags": ["-O2", "-Wall", "-Wextra"]
+  }]
+}
