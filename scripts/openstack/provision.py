@@ -98,7 +98,12 @@ while True:
         services = admin.get(volume_ep + '/os-services', headers=H,
                              params={'binary': 'cinder-volume'}).json()
         up = {s['host'] for s in services['services'] if s['state'] == 'up'}
-        if all(w in up for w in wanted):
+        # 'up' is only a recent heartbeat (a cinder-volume stopped a minute ago
+        # still counts): creates fail with "No valid backend" until the
+        # scheduler has the new process's capabilities, i.e. lists its pools.
+        pools = admin.get(volume_ep + '/scheduler-stats/get_pools', headers=H).json()
+        known = {p['name'].split('#')[0] for p in pools.get('pools', [])}
+        if all(w in up and w in known for w in wanted):
             break
     except Exception:  # cinder-api is still starting: ask again
         pass
