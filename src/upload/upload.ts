@@ -173,6 +173,8 @@ export class Upload {
         const at = position + done
         const start = at - (at % windowBytes)
         if (this.stage !== undefined && this.stage.start !== start) await this.submitStage()
+        // An abort (unmount, unlink) may have come while this write waited for room.
+        this.checkWritable()
         const stage = this.stage ?? await this.openStage(start)
         const from = at - start
         const n = Math.min(length - done, windowBytes - from)
@@ -369,7 +371,10 @@ export class Upload {
 
   /** A window for the bytes at `start`; one the writer comes back to waits for its earlier bytes to land. */
   private async openStage(start: number): Promise<Stage> {
-    if (start < this.stagedUpTo) await this.settleWrites()
+    if (start < this.stagedUpTo) {
+      await this.settleWrites()
+      this.checkWritable()
+    }
     const stage: Stage = { block: this.options.chunks.take(), start, ranges: [], refs: 1 }
     this.stage = stage
     return stage
