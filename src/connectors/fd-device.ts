@@ -45,9 +45,11 @@ export class FdBlockDevice implements BlockDevice {
     this.checkOpen()
     if (position >= this.current) return 0
     const n = Math.min(length, this.current - position)
+    // O_DIRECT reads whole 4 KiB units; the block cache's blocks have room for the rounded-up tail.
     const span = roundUpToAlignment(n)
-    if (this.directFd !== undefined && position % directIoAlignment === 0 && offset + span <= buffer.length && isDirectIoAligned(buffer, offset)) {
-      const { bytesRead } = await read(this.directFd, buffer, offset, span, position)
+    const direct = this.directFdFor(buffer, offset, span, position)
+    if (direct !== undefined) {
+      const { bytesRead } = await read(direct, buffer, offset, span, position)
       return Math.min(bytesRead, n)
     }
     const { bytesRead } = await read(this.fd, buffer, offset, n, position)
@@ -59,8 +61,7 @@ export class FdBlockDevice implements BlockDevice {
     if (!this.writable) fail('EROFS', `${this.path} is attached read-only`)
     // A block device clips writes at its end; refuse instead of losing the tail.
     if (position + length > this.current) fail('EFBIG', `write of ${length} bytes at ${position} passes the end of ${this.path} (${this.current} bytes)`)
-    const direct = this.directFd !== undefined && position % directIoAlignment === 0 && length % directIoAlignment === 0 && isDirectIoAligned(buffer, offset)
-    const fd = direct && this.directFd !== undefined ? this.directFd : this.fd
+    const fd = this.directFdFor(buffer, offset, length, position) ?? this.fd
     let done = 0
     while (done < length) {
       const { bytesWritten } = await write(fd, buffer, offset + done, length - done, position + done)
@@ -80,6 +81,13 @@ export class FdBlockDevice implements BlockDevice {
     this.closed = true
     if (this.directFd !== undefined) await close(this.directFd)
     await close(this.fd)
+  }
+
+  /** The O_DIRECT descriptor, when `span` bytes of `buffer` from `offset`, at `position`, meet its alignment. */
+  private directFdFor(buffer: Buffer, offset: number, span: number, position: number): number | undefined {
+    const aligned = position % directIoAlignment === 0 && span % directIoAlignment === 0 &&
+      offset + span <= buffer.length && isDirectIoAligned(buffer, offset)
+    return aligned ? this.directFd : undefined
   }
 
   private checkOpen(): void {
