@@ -401,7 +401,11 @@ export class Upload {
         return
       }
       while (this.growing !== undefined) await this.growing
-      this.throwIfFailed()
+      if (this.failure !== undefined) {
+        // This window will not be written: its block goes back (the hashers give theirs back when done).
+        this.release(stage)
+        throw this.failure
+      }
     }
     while (this.writes.size >= maxWritesInFlight) await Promise.race(this.writes)
     const write: Promise<void> = this.writeStage(stage).catch((err: unknown) => {
