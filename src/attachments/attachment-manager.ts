@@ -1,4 +1,5 @@
-import type { Attachment, AttachMode, VolumeService } from '../backends/volume-service.js'
+import type { Attachment, AttachMode } from '../model/volume.js'
+import type { VolumeService } from '../backends/volume-service.js'
 import type { BlockDevice } from '../connectors/connector.js'
 import type { ConnectorRegistry } from '../connectors/registry.js'
 import { errorMessage, fail } from '../errors/errors.js'

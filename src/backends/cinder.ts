@@ -5,7 +5,8 @@ import { CinderfsError } from '../errors/errors.js'
 import { ADMIN_METADATA_KEYS, CinderClient, FEATURES, isReadOnly, type CinderVolume } from '../openstack/cinder.js'
 import { HttpClient } from '../openstack/http.js'
 import { KeystoneClient } from '../openstack/keystone.js'
-import type { Attachment, AttachMode, CreateVolumeRequest, ListOptions, Volume, VolumePage, VolumeService } from './volume-service.js'
+import { GiB, type Attachment, type AttachMode, type CreateVolumeRequest, type ListOptions, type Volume, type VolumePage } from '../model/volume.js'
+import type { VolumeService } from './volume-service.js'
 
 export interface CinderBackendOptions {
   settings: OpenStackSettings
@@ -142,7 +143,6 @@ export class CinderVolumeService implements VolumeService {
   async capacity(): Promise<{ totalBytes: number, freeBytes: number } | undefined> {
     const quota = await (await this.client()).gigabytesQuota()
     if (quota === undefined) return undefined
-    const GiB = 1024 ** 3
     return { totalBytes: quota.limit * GiB, freeBytes: Math.max(0, quota.limit - quota.used) * GiB }
   }
 

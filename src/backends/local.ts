@@ -5,10 +5,8 @@ import path from 'node:path'
 import { CinderfsError, fail } from '../errors/errors.js'
 import type { Logger } from '../log/logger.js'
 import { attachLoop, detachLoop, loopsBackedBy, refreshLoopCapacity } from './loop-devices.js'
-import {
-  GiB, type Attachment, type AttachMode, type CreateVolumeRequest, type ListOptions, type Volume,
-  type VolumePage, type VolumeService,
-} from './volume-service.js'
+import { GiB, type Attachment, type AttachMode, type CreateVolumeRequest, type ListOptions, type Volume, type VolumePage } from '../model/volume.js'
+import type { VolumeService } from './volume-service.js'
 
 interface AttachmentRecord {
   id: string

@@ -4,58 +4,7 @@
  * (src/backends/local.ts) implement it; a new backend is one new file.
  */
 
-export const GiB = 1024 ** 3
-
-export type AttachMode = 'ro' | 'rw'
-
-export interface Volume {
-  id: string
-  name: string
-  /** Whole GiB, as Cinder sizes volumes. */
-  sizeGiB: number
-  /** Cinder's status string: available, in-use, creating, error, ... */
-  status: string
-  /** User metadata (string values, as in Cinder). Never includes the `readonly` admin key. */
-  metadata: Record<string, string>
-  readOnly: boolean
-  multiattach: boolean
-  createdAt: Date
-  updatedAt: Date
-}
-
-export interface CreateVolumeRequest {
-  name: string
-  sizeGiB: number
-  metadata: Record<string, string>
-}
-
-export interface VolumePage {
-  volumes: Volume[]
-  /** Pass as `marker` to get the next page; undefined on the last page. */
-  next?: string
-}
-
-export interface ListOptions {
-  marker?: string
-  limit?: number
-}
-
-/**
- * What a backend returns for an attachment: Cinder's flattened connection_info
- * (driver_volume_type plus the driver's data keys) and the mode Cinder
- * actually granted (a read-only volume always attaches `ro`).
- */
-export interface ConnectionInfo {
-  driverVolumeType: string
-  data: Record<string, unknown>
-}
-
-export interface Attachment {
-  id: string
-  volumeId: string
-  mode: AttachMode
-  connectionInfo: ConnectionInfo
-}
+import type { Attachment, AttachMode, CreateVolumeRequest, ListOptions, Volume, VolumePage } from '../model/volume.js'
 
 export interface VolumeService {
   /** Short name for logs: `local`, `cinder`. */

@@ -1,5 +1,5 @@
 import { AttachmentManager } from '../attachments/attachment-manager.js'
-import { openBackend } from '../backends/factory.js'
+import { openBackend } from './backend.js'
 import { BlockCache } from '../cache/block-cache.js'
 import type { Config } from '../config/config.js'
 import { formatSize } from '../config/sizes.js'

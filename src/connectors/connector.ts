@@ -1,4 +1,4 @@
-import type { AttachMode, ConnectionInfo } from '../backends/volume-service.js'
+import type { AttachMode, ConnectionInfo } from '../model/volume.js'
 
 /**
  * An attached volume as the data path sees it. Offsets and lengths are bytes.

@@ -1,7 +1,7 @@
 import fs from 'node:fs/promises'
 import { constants, open } from 'node:fs'
 import { promisify } from 'node:util'
-import type { AttachMode, ConnectionInfo } from '../backends/volume-service.js'
+import type { AttachMode, ConnectionInfo } from '../model/volume.js'
 import { fail } from '../errors/errors.js'
 import type { BlockDevice, Connector } from './connector.js'
 import { FdBlockDevice } from './fd-device.js'

@@ -1,6 +1,6 @@
 import fs from 'node:fs/promises'
 import path from 'node:path'
-import type { AttachMode, ConnectionInfo } from '../backends/volume-service.js'
+import type { AttachMode, ConnectionInfo } from '../model/volume.js'
 import { errorCode, fail } from '../errors/errors.js'
 import type { BlockDevice, Connector } from './connector.js'
 import { loadRbd, type RbdCluster, type RbdImage } from './rbd-binding.js'

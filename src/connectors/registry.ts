@@ -1,4 +1,4 @@
-import type { AttachMode, ConnectionInfo } from '../backends/volume-service.js'
+import type { AttachMode, ConnectionInfo } from '../model/volume.js'
 import { fail } from '../errors/errors.js'
 import type { BlockDevice, Connector } from './connector.js'
 

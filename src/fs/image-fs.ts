@@ -1,6 +1,7 @@
 import { constants } from 'node:fs'
 import type { AttachmentManager, Lease } from '../attachments/attachment-manager.js'
-import { GiB, type VolumeService } from '../backends/volume-service.js'
+import { GiB } from '../model/volume.js'
+import type { VolumeService } from '../backends/volume-service.js'
 import type { BlockCache } from '../cache/block-cache.js'
 import { errorMessage, fail } from '../errors/errors.js'
 import type { Logger } from '../log/logger.js'

@@ -1,6 +1,6 @@
 import os from 'node:os'
 import type { Logger } from 'pino'
-import type { Attachment, AttachMode, ConnectionInfo } from '../backends/volume-service.js'
+import type { Attachment, AttachMode, ConnectionInfo } from '../model/volume.js'
 import { CinderfsError, fail } from '../errors/errors.js'
 import { HttpClient, httpStatus, type HttpResponse } from './http.js'
 import { array, member, number, object, optionalString, string, stringMap, type Json } from './json.js'

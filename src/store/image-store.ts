@@ -1,4 +1,5 @@
-import { listAll, type Volume, type VolumeService } from '../backends/volume-service.js'
+import type { Volume } from '../model/volume.js'
+import { listAll, type VolumeService } from '../backends/volume-service.js'
 import type { Logger } from '../log/logger.js'
 import { decodeImage, isImageVolume, type ImageAttributes, type OwnerDefaults } from './metadata.js'
 import { fileNameOf } from './names.js'

@@ -1,4 +1,4 @@
-import { GiB, type Volume } from '../backends/volume-service.js'
+import { GiB, type Volume } from '../model/volume.js'
 import { fileNameOf } from './names.js'
 
 /**

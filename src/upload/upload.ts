@@ -1,6 +1,7 @@
 import { setTimeout as sleep } from 'node:timers/promises'
 import type { AttachmentManager, Lease } from '../attachments/attachment-manager.js'
-import { GiB, type VolumeService } from '../backends/volume-service.js'
+import { GiB } from '../model/volume.js'
+import type { VolumeService } from '../backends/volume-service.js'
 import { CinderfsError, errorCode, errorMessage, fail } from '../errors/errors.js'
 import type { Logger } from '../log/logger.js'
 import type { AlignedBlockPool } from '../memory/aligned-blocks.js'

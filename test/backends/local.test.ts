@@ -4,7 +4,8 @@ import path from 'node:path'
 import { pino } from 'pino'
 import t from 'tap'
 import { LocalVolumeService } from '../../src/backends/local.js'
-import { GiB, listAll } from '../../src/backends/volume-service.js'
+import { listAll } from '../../src/backends/volume-service.js'
+import { GiB } from '../../src/model/volume.js'
 import { needsLoopDevices } from '../helpers/requirements.js'
 
 async function service(t: tap.Test, useLoopDevices: boolean): Promise<LocalVolumeService> {

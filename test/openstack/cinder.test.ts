@@ -1,6 +1,6 @@
 import fs from 'node:fs/promises'
 import t, { type Test } from 'tap'
-import type { AttachMode } from '../../src/backends/volume-service.js'
+import type { AttachMode } from '../../src/model/volume.js'
 import type { CinderClient } from '../../src/openstack/cinder.js'
 import { formatMicroversion } from '../../src/openstack/microversion.js'
 import { CLOUDS, devicePath, openStackSuite, readAt, rigLoopDevices, testName, testService, writeAt } from '../helpers/openstack.js'

@@ -1,5 +1,5 @@
 import t from 'tap'
-import type { Volume } from '../../src/backends/volume-service.js'
+import type { Volume } from '../../src/model/volume.js'
 import { attributeMetadata, decodeImage, isImageVolume } from '../../src/store/metadata.js'
 
 const owner = { uid: 1000, gid: 1000 }

@@ -6,9 +6,9 @@ import { LocalConnector } from '../connectors/local.js'
 import { RbdConnector } from '../connectors/rbd.js'
 import { ConfigError, errorCode, errorMessage } from '../errors/errors.js'
 import type { Logger } from '../log/logger.js'
-import { CinderVolumeService } from './cinder.js'
-import { LocalVolumeService } from './local.js'
-import type { VolumeService } from './volume-service.js'
+import { CinderVolumeService } from '../backends/cinder.js'
+import { LocalVolumeService } from '../backends/local.js'
+import type { VolumeService } from '../backends/volume-service.js'
 
 export interface Backend {
   service: VolumeService
