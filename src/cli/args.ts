@@ -1,7 +1,7 @@
 import os from 'node:os'
 import path from 'node:path'
 import { parseArgs } from 'node:util'
-import { defaultLocalDir, defaults, validateConfig, type BackendKind, type Config } from '../config/config.js'
+import { defaultLocalDir, defaults, validateConfig, type BackendKind, type Config, type FuseBindingName } from '../config/config.js'
 import { parseSize } from '../config/sizes.js'
 import { ConfigError, errorMessage } from '../errors/errors.js'
 
@@ -27,6 +27,7 @@ const options = {
   'os-max-microversion': { type: 'string' },
   'ceph-keyring-dir': { type: 'string' },
   host: { type: 'string' },
+  'fuse-binding': { type: 'string' },
   'allow-other': { type: 'boolean' },
   'read-only': { type: 'boolean' },
   'log-level': { type: 'string' },
@@ -56,6 +57,8 @@ export function parseCommand(argv: string[]): Command {
 
   const backend = values.backend ?? defaults.backend
   if (backend !== 'local' && backend !== 'cinder') throw new ConfigError(`--backend: '${backend}' is not local or cinder`)
+  const fuseBinding = values['fuse-binding'] ?? defaults.fuseBinding
+  if (fuseBinding !== 'fuse3' && fuseBinding !== 'fuse-native') throw new ConfigError(`--fuse-binding: '${fuseBinding}' is not fuse3 or fuse-native`)
   const config: Config = {
     mountpoint: resolved,
     backend: backend satisfies BackendKind,
@@ -76,6 +79,7 @@ export function parseCommand(argv: string[]): Command {
     maxMicroversion: values['os-max-microversion'],
     cephKeyringDir: path.resolve(values['ceph-keyring-dir'] ?? defaults.cephKeyringDir),
     host: values.host ?? os.hostname(),
+    fuseBinding: fuseBinding satisfies FuseBindingName,
     uid: process.getuid?.() ?? 0,
     gid: process.getgid?.() ?? 0,
   }

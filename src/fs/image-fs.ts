@@ -11,7 +11,7 @@ import { checkFileName, fileNameFromPath, isFuseHiddenName, isUuid, volumeNameOf
 import { AlignedBlockPool } from '../memory/aligned-blocks.js'
 import { Upload, uploadWindowBytes, type PendingAttributes } from '../upload/upload.js'
 import { HandleTable, type Handle } from './handles.js'
-import { xattrNames, type FileStat, type FsStat } from './types.js'
+import { xattrNames, type FileStat, type FsStat, type Identity } from './types.js'
 
 export interface ImageFsOptions {
   service: VolumeService
@@ -63,6 +63,16 @@ export class ImageFs {
     return this.statOf(await this.resolve(path))
   }
 
+  /**
+   * What a name is now: its volume (a FUSE binding gives each volume an
+   * inode of its own), whether it is sealed (no writer can change it any
+   * more, so the kernel may cache its pages), and its attributes.
+   */
+  async identify(path: string): Promise<Identity> {
+    const entry = await this.resolve(path)
+    return { volumeId: entry.volume.id, sealed: !this.uploads.has(entry.volume.id), stat: this.statOf(entry) }
+  }
+
   async readdir(path: string): Promise<string[]> {
     if (path !== '/') {
       await this.resolve(path)
@@ -108,6 +118,14 @@ export class ImageFs {
       if (handle.source === undefined) fail('EIO', 'attach gave no device')
       return this.o.cache.read(handle.source, target, length, position, handle.stream)
     })
+  }
+
+  /** As read, but bytes in the block cache come back as views of its blocks, not copied (good until this tick ends). */
+  readViews(fh: number, target: Buffer, length: number, position: number): Buffer[] | Promise<Buffer[]> {
+    const handle = this.handles.get(fh)
+    if (handle.source !== undefined && handle.upload?.isOpen !== true) return this.o.cache.views(handle.source, target, length, position, handle.stream)
+    const copied = this.read(fh, target, length, position)
+    return typeof copied === 'number' ? [target.subarray(0, copied)] : copied.then(n => [target.subarray(0, n)])
   }
 
   async write(fh: number, data: Buffer, length: number, position: number): Promise<number> {

@@ -20,6 +20,13 @@ const cli = path.join(__dirname, '..', '..', '..', 'bin', 'cinderfs')
 export const backend: BackendName = process.env.CINDERFS_TEST_BACKEND === 'cinder' ? 'cinder' : 'local'
 export type BackendName = 'local' | 'cinder'
 
+/**
+ * The FUSE binding the daemons of the suite use: CINDERFS_TEST_FUSE_BINDING
+ * (fuse3 or fuse-native), else the daemon's default. scripts/test runs the
+ * file-system suite once more on the binding that is not the default.
+ */
+export const fuseBinding: string | undefined = process.env.CINDERFS_TEST_FUSE_BINDING
+
 /** Why the file-system tests cannot run on this backend here, or false (tap's `skip`). */
 export function needsBackend(on: BackendName = backend): string | false {
   const fuse = needsFuse()
@@ -101,7 +108,8 @@ export async function workspace(t: TapLike, on: BackendName = backend): Promise<
  */
 export async function startDaemon(ws: Workspace, args: string[] = [], options: { cwd?: string } = {}): Promise<Daemon> {
   const backendArgs = ws.cloud === undefined ? ['--local-dir', ws.localDir] : ['--backend', 'cinder', '--os-cloud', ws.cloud.cloud]
-  const child = spawn(process.execPath, [cli, 'mount', ws.mountpoint, ...backendArgs, '--log-level', 'debug', ...args], { stdio: ['ignore', 'ignore', 'pipe'], cwd: options.cwd ?? ws.root })
+  const bindingArgs = fuseBinding === undefined || args.includes('--fuse-binding') ? [] : ['--fuse-binding', fuseBinding]
+  const child = spawn(process.execPath, [cli, 'mount', ws.mountpoint, ...backendArgs, '--log-level', 'debug', ...bindingArgs, ...args], { stdio: ['ignore', 'ignore', 'pipe'], cwd: options.cwd ?? ws.root })
   let logs = ''
   child.stderr?.on('data', (chunk: Buffer) => {
     const text = chunk.toString()
