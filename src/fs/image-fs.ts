@@ -94,7 +94,12 @@ export class ImageFs {
   }
 
   async open(path: string, flags: number): Promise<number> {
-    const entry = await this.resolve(path)
+    let entry = await this.resolve(path)
+    if (this.uploads.get(entry.volume.id)?.isOpen === false) {
+      // Being finalised: open the image it becomes (its final size), not the upload's entry.
+      await this.settledUpload(entry)
+      entry = await this.resolve(path)
+    }
     const writable = (flags & accessModeMask) !== constants.O_RDONLY
     const upload = this.uploads.get(entry.volume.id)
     if (writable) {
