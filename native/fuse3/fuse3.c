@@ -26,6 +26,7 @@
 #include <node_api.h>
 #include <errno.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -41,6 +42,8 @@
   } while (0)
 
 #define MAX_IOV 64
+/* Ends the loop thread's sleep at unmount; a realtime signal nothing else here uses. */
+#define WAKE_SIGNAL (SIGRTMIN + 3)
 #define MiB (1024 * 1024)
 
 /* ---- request slots ---------------------------------------------------- */
@@ -120,10 +123,14 @@ static fuse_req_t slot_take(uint64_t id) {
 
 static void slot_wait(uint64_t id) {
   uint32_t index = id & INDEX_MASK;
+  int state;
+  /* libfuse cancels its workers at exit; never while this one holds the slot lock. */
+  pthread_setcancelstate(PTHREAD_CANCEL_DISABLE, &state);
   pthread_mutex_lock(&slots_lock);
   while (!slots[index].answered) pthread_cond_wait(&answered_cond, &slots_lock);
   slot_free_locked(index);
   pthread_mutex_unlock(&slots_lock);
+  pthread_setcancelstate(state, NULL);
 }
 
 /* ---- calls into JavaScript ------------------------------------------- */
@@ -539,6 +546,10 @@ static void *notify_loop(void *unused) {
   return NULL;
 }
 
+static void on_wake(int sig) {
+  (void)sig;
+}
+
 static void *session_loop(void *unused) {
   (void)unused;
   struct fuse_loop_config *config = fuse_loop_cfg_create();
@@ -547,6 +558,7 @@ static void *session_loop(void *unused) {
   fuse_loop_cfg_set_idle_threads(config, 4);
   int res = fuse_session_loop_mt(S.se, config);
   fuse_loop_cfg_destroy(config);
+  __atomic_store_n(&S.running, 0, __ATOMIC_SEQ_CST);
   struct call *c = call_new("exit", NULL, 0);
   c->a = (uint64_t)(res < 0 ? -res : res);
   dispatch(c);
@@ -681,19 +693,32 @@ static napi_value js_mount(napi_env env, napi_callback_info info) {
   S.se = se;
   S.max_threads = threads >= 1 && threads <= 64 ? (unsigned)threads : 8;
   S.stopping = 0;
+  struct sigaction wake;
+  memset(&wake, 0, sizeof wake);
+  wake.sa_handler = on_wake;
+  sigemptyset(&wake.sa_mask);
+  sigaction(WAKE_SIGNAL, &wake, NULL);
   pthread_mutex_init(&S.nlock, NULL);
   pthread_cond_init(&S.ncond, NULL);
-  if (pthread_create(&S.notifier, NULL, notify_loop, NULL) != 0 || pthread_create(&S.loop, NULL, session_loop, NULL) != 0) abort();
   S.running = 1;
+  if (pthread_create(&S.notifier, NULL, notify_loop, NULL) != 0 || pthread_create(&S.loop, NULL, session_loop, NULL) != 0) abort();
   return NULL;
 }
 
-/* unmount(): ends the session (lazy unmount; the loop ends when the kernel lets go). */
+/*
+ * unmount(): ends the session: a lazy unmount, then the loop is woken. Its
+ * main thread sleeps in sem_wait until a worker posts; a signal ends that
+ * sleep, it sees the session exited and cancels the workers (blocked in
+ * read on /dev/fuse, which an unmount need not end: another mount namespace
+ * may still hold the mount). The wake-up may land just before the sleep, so
+ * the caller repeats this until the "exit" event.
+ */
 static napi_value js_unmount(napi_env env, napi_callback_info info) {
   (void)info;
   if (!session_ready(env)) return NULL;
   fuse_session_exit(S.se);
   fuse_session_unmount(S.se);
+  if (__atomic_load_n(&S.running, __ATOMIC_SEQ_CST)) pthread_kill(S.loop, WAKE_SIGNAL);
   return NULL;
 }
 

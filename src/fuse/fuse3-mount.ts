@@ -15,8 +15,7 @@ const maxThreads = 8
  * every buffered read into 128 KiB requests; 1 MiB matches max_pages.
  */
 const readaheadKiB = 1024
-/** How long an unmount may wait for open files before the connection is aborted. */
-const unmountGraceMs = 10_000
+const unmountRetryMs = 100
 
 export interface Fuse3MountOptions extends MountOptions {
   /** Entry and attribute timeout, seconds. */
@@ -53,27 +52,18 @@ export async function mountFuse3(mountpoint: string, imageFs: ImageFs, store: Im
     ended,
     unmount: async () => {
       if (exited) return
+      // Repeated until the session ends: the wake-up can land just before the loop sleeps (see fuse3.c).
       native.unmount()
-      const timer = setTimeout(() => { void abortConnection(device, log) }, unmountGraceMs)
+      const again = setInterval(() => { if (!exited) native.unmount() }, unmountRetryMs)
       await ended
-      clearTimeout(timer)
+      clearInterval(again)
     },
   }
 }
 
-/** The mount's anonymous device ("0:53"): its bdi and its /sys/fs/fuse/connections entry are named by it. */
+/** The mount's anonymous device ("0:53"), which names its bdi. */
 async function mountDevice(mountpoint: string): Promise<string | undefined> {
   const lines = (await fs.readFile('/proc/self/mountinfo', 'utf8')).split('\n')
   const mine = lines.filter(line => line.split(' ')[4] === mountpoint && line.includes(' fuse.cinderfs '))
   return mine.at(-1)?.split(' ')[2]
-}
-
-/** Files still open on a lazily unmounted mount would keep the session alive: end it. */
-async function abortConnection(device: string | undefined, log: Logger): Promise<void> {
-  const minor = device?.split(':')[1]
-  if (minor === undefined) return
-  log.warn({ device }, 'files still open after unmount; aborting the FUSE connection')
-  await fs.writeFile(`/sys/fs/fuse/connections/${minor}/abort`, '1').catch((err: unknown) => {
-    log.error({ device, err: errorMessage(err) }, 'aborting the FUSE connection failed')
-  })
 }
