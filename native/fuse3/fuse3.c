@@ -280,6 +280,8 @@ static void op_init(void *userdata, struct fuse_conn_info *conn) {
   /* readdirplus on every listing, not only when the kernel guesses it helps: ls -l, rsync. */
   conn->want &= ~FUSE_CAP_READDIRPLUS_AUTO;
   if (conn->capable & FUSE_CAP_PARALLEL_DIROPS) conn->want |= FUSE_CAP_PARALLEL_DIROPS;
+  /* O_DIRECT reads as plain requests: a reader then waits interruptibly, and a kill reaches us as an interrupt. */
+  conn->want &= ~FUSE_CAP_ASYNC_DIO;
   /* An image's pages stay until we say otherwise: sealed images never change. */
   conn->want &= ~FUSE_CAP_AUTO_INVAL_DATA;
 }

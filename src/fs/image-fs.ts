@@ -70,7 +70,10 @@ export class ImageFs {
    */
   async identify(path: string): Promise<Identity> {
     const entry = await this.resolve(path)
-    return { volumeId: entry.volume.id, sealed: !this.uploads.has(entry.volume.id), stat: this.statOf(entry) }
+    const upload = this.uploads.get(entry.volume.id)
+    // Finalised with no writer left: nothing can reopen it (only a write handle can).
+    const sealed = upload === undefined || (!upload.isOpen && upload.writeHandles === 0)
+    return { volumeId: entry.volume.id, sealed, stat: this.statOf(entry) }
   }
 
   async readdir(path: string): Promise<string[]> {

@@ -224,9 +224,10 @@ export class Fuse3Adapter {
     // The name now means another volume: ESTALE makes the kernel look it up again and open the new inode.
     if (now.volumeId !== inode.volumeId) fail('ESTALE', `${path} was replaced by another image`, { volumeId: inode.volumeId })
     const fh = await this.fs.open(path, flags)
-    inode.sealed = now.sealed
+    // Asked again: the open may have waited for a finalisation to end.
+    inode.sealed = (await this.fs.identify(path).catch(() => now)).sealed
     const writable = (flags & accessModeMask) !== constants.O_RDONLY
-    const mode = writable || !now.sealed ? openFlags.directIo : openFlags.keepCache
+    const mode = writable || !inode.sealed ? openFlags.directIo : openFlags.keepCache
     this.inodes.opened(inode)
     if (!this.reply(id, () => this.native.replyOpen(id, fh, mode))) await this.release(0, ino, fh)
   }
