@@ -21,6 +21,8 @@ export interface DaemonOptions {
   blockSize: string
   /** Extra node flags for the daemon (--cpu-prof, --perf-basic-prof ...). */
   nodeArgs: string[]
+  /** --fuse-binding of the daemon. */
+  fuseBinding: string
 }
 
 const repoRoot = path.join(__dirname, '..', '..', '..')
@@ -54,7 +56,7 @@ export class Daemon {
     const log = fs.openSync(this.o.logFile, 'a')
     const child = spawn(process.execPath, [
       ...this.o.nodeArgs, cliPath, 'mount', this.o.mountpoint, '--local-dir', this.o.localDir,
-      '--cache-size', this.o.cacheSize, '--block-size', this.o.blockSize, '--log-level', 'info',
+      '--cache-size', this.o.cacheSize, '--block-size', this.o.blockSize, '--fuse-binding', this.o.fuseBinding, '--log-level', 'info',
     ], { detached: true, stdio: ['ignore', log, log] })
     fs.closeSync(log)
     this.child = child
