@@ -1,6 +1,7 @@
 import type { AttachmentManager, Lease } from '../attachments/attachment-manager.js'
 import type { BlockSource } from '../cache/block-cache.js'
 import type { ImageAttributeChanges } from '../image/lifecycle.js'
+import { Serial } from '../system/serial.js'
 import type { Upload } from '../upload/upload.js'
 
 /**
@@ -41,7 +42,7 @@ export class OpenImage {
   private leasing: Promise<Lease> | undefined
   // INVARIANT: source is set only while phase is final, sealing or sealed, and its size is the final size.
   private source: BlockSource | undefined
-  private lock: Promise<void> = Promise.resolve()
+  private readonly lock = new Serial()
 
   constructor(readonly volumeId: string, phase: Phase) {
     this.phase = phase
@@ -58,15 +59,7 @@ export class OpenImage {
 
   /** Runs lifecycle steps of this image one at a time, in the order they were asked for. */
   async exclusive<T>(work: () => Promise<T>): Promise<T> {
-    const previous = this.lock
-    let done = (): void => undefined
-    this.lock = new Promise<void>(resolve => { done = resolve })
-    await previous
-    try {
-      return await work()
-    } finally {
-      done()
-    }
+    return this.lock.run(work)
   }
 
   /** The attached image as a block source for the cache; one attach however many readers ask at once. */

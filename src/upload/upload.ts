@@ -1,6 +1,7 @@
 import { CinderfsError, fail } from '../errors/errors.js'
 import type { Logger } from '../log/logger.js'
 import type { AlignedBlockPool } from '../memory/aligned-blocks.js'
+import { Serial } from '../system/serial.js'
 import { asFailure, type GrowableVolume } from './growth.js'
 import { Hasher, type Digests } from './hasher.js'
 import { StagingWindows, type Window } from './staging.js'
@@ -61,7 +62,7 @@ export class Upload {
   private hashInOrder = true
   private readonly windows: StagingWindows
   /** Writes, reads, truncates and flushes run one at a time (they share the open window). */
-  private lock: Promise<void> = Promise.resolve()
+  private readonly lock = new Serial()
   private failure: CinderfsError | undefined
   private bytesWritten = 0
   private sinceCheckpoint = 0
@@ -258,15 +259,7 @@ export class Upload {
 
   /** Runs one data-path call at a time. */
   private async exclusive<T>(work: () => Promise<T>): Promise<T> {
-    const previous = this.lock
-    let done = (): void => undefined
-    this.lock = new Promise<void>(resolve => { done = resolve })
-    await previous
-    try {
-      return await work()
-    } finally {
-      done()
-    }
+    return this.lock.run(work)
   }
 
   private async digest(): Promise<Digests> {
