@@ -145,6 +145,8 @@ t.test('two hosts on one Cinder: each sees the other\'s images; reading one at o
   const data = await randomFile(3 * MiB)
   await sh(`cp '${data}' '${a.file('plain')}'`)
   await sh(`cp '${data}' '${b.file('from-b')}'`)
+  // Until sealed, the writing host holds each image attached read-write.
+  await Promise.all([a.logged(lifecycleMessages.sealed), b.logged(lifecycleMessages.sealed)])
   let seen = ''
   for (let i = 0; i < 100 && seen !== 'from-b\nplain\n'; i++) {
     await sh('sleep 0.2')
@@ -167,6 +169,7 @@ t.test('two hosts on one Cinder: each sees the other\'s images; reading one at o
   await a.stop()
   const m = await startDaemon(ws, ['--host', 'glance-a', '--list-ttl', '2', '--volume-type', 'multiattach'])
   await sh(`cp '${data}' '${m.file('shared')}'`)
+  await m.logged(lifecycleMessages.sealed)
   for (let i = 0; i < 100 && !(await sh(`ls '${b.mountpoint}'`)).includes('shared'); i++) await sh('sleep 0.2')
   const both = await Promise.all([
     run(`exec 3<'${m.file('shared')}'; sha256sum <&3; sleep 3`),

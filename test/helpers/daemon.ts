@@ -125,10 +125,14 @@ export async function startDaemon(ws: Workspace, args: string[] = [], options: {
     logged: async (message, match = {}) => {
       const { times = 1, ...fields } = match
       const count = (): number => logLines(logs).filter(line => line.msg === message && Object.entries(fields).every(([k, v]) => line[k] === v)).length
+      const deadline = Date.now() + loggedTimeoutMs
       while (count() < times) {
         if (child.exitCode !== null || child.signalCode !== null) throw new Error(`cinderfs exited before logging '${message}'`)
+        if (Date.now() > deadline) throw new Error(`cinderfs did not log '${message}' ${times} time(s) with ${JSON.stringify(fields)} within ${loggedTimeoutMs / 1000} s`)
         await new Promise<void>(resolve => {
-          const wake = (): void => { waiters.delete(wake); resolve() }
+          const wake = (): void => { waiters.delete(wake); clearTimeout(timer); resolve() }
+          // Woken by the next log line or the exit; the timer only bounds a wait for a line that never comes.
+          const timer = setTimeout(wake, 1000)
           waiters.add(wake)
           child.once('exit', wake)
         })
@@ -174,6 +178,9 @@ export async function volumes(ws: Workspace): Promise<Array<{ id: string, name: 
   })
   return all.map(({ id, name, sizeGiB, readOnly, metadata }) => ({ id, name, sizeGiB, readOnly, metadata })).sort((a, b) => a.name.localeCompare(b.name))
 }
+
+/** The longest a test waits for a log line (a seal takes the seal delay and a few requests). */
+const loggedTimeoutMs = 120_000
 
 /** The daemon's JSON log lines, parsed (lines that are not JSON are skipped). */
 export function logLines(logs: string): Array<Record<string, unknown>> {
