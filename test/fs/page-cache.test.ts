@@ -4,6 +4,7 @@ import path from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import t from 'tap'
 import { fuseBinding, localOnly, loopsOf, needsBackend, randomFile, startDaemon, volumes, workspace, type Daemon } from '../helpers/daemon.js'
+import { lifecycleMessages } from '../../src/image/lifecycle.js'
 import { run, sh, sha256, xattr } from '../helpers/shell.js'
 
 /** The kernel page cache for sealed images is the fuse3 binding's (fuse-native never lets the kernel keep pages). */
@@ -28,9 +29,11 @@ async function snapshot(daemon: Daemon): Promise<Snapshot> {
 
 t.test('a re-read of a sealed image is served by the kernel: no request, no cache or device read', { skip: needsBackend() || (onFuse3 ? false : 'fuse3 binding only') }, async t => {
   const ws = await workspace(t)
-  const daemon = await startDaemon(ws)
+  const daemon = await startDaemon(ws, ['--seal-delay', '0'])
   const source = await randomFile(8 * 1024 * 1024)
   await sh(`cp '${source}' '${daemon.file('sealed')}'`)
+  // Only a sealed image (no writer can take it back) is left in the kernel's page cache.
+  await daemon.logged(lifecycleMessages.sealed)
   t.equal(await sha256(daemon.file('sealed')), await sha256(source), 'first read: the bytes')
   const first = await snapshot(daemon)
   t.ok(first.metrics.bytesRead >= 8 * 1024 * 1024, 'the first read went through the daemon')
@@ -107,11 +110,11 @@ print(len(head + rest))`
 // fuse3 only: libfuse2 never answers the kernel's interrupt, so under fuse-native the killed reader waits out the attach.
 t.test('a reader killed while its read waits for a slow attach leaves nothing stuck', { skip: localOnly('the slow attach is a FIFO in the local backend\'s directory') || (onFuse3 ? false : 'fuse3 binding only: libfuse2 does not answer interrupts') }, async t => {
   const ws = await workspace(t)
-  const daemon = await startDaemon(ws, ['--list-ttl', '3600', '--idle-detach', '0'])
+  const daemon = await startDaemon(ws, ['--list-ttl', '3600', '--idle-detach', '0', '--seal-delay', '0'])
   const source = await randomFile(4 * 1024 * 1024)
   await sh(`cp '${source}' '${daemon.file('slow')}'`)
+  await daemon.logged(lifecycleMessages.sealed)
   const id = await xattr(daemon.file('slow'), 'user.cinderfs.volume_id')
-  for (let waited = 0; !daemon.logs().includes(`"volumeId":"${id}","msg":"detached"`) && waited < 10_000; waited += 50) await sleep(50)
   // The attach reads the volume's record: as a FIFO it blocks until we feed it.
   const record = path.join(ws.localDir, `${id}.json`)
   await fs.rename(record, `${record}.real`)
