@@ -37,8 +37,8 @@ export interface Fuse3AdapterOptions {
  * libfuse3 low-level requests → ImageFs calls. Inodes are looked up in the
  * InodeTable (one per volume) and turned into paths for ImageFs; everything
  * else is translation. Sealed images are opened with keep_cache (the kernel
- * serves re-reads from its page cache), anything still being written with
- * direct_io (nothing of it is cached).
+ * serves re-reads from its page cache); writers with direct_io; readers of
+ * an image not yet sealed keep pages for that open only.
  */
 export class Fuse3Adapter {
   readonly inodes = new InodeTable()
@@ -227,7 +227,9 @@ export class Fuse3Adapter {
     // Asked again: the open may have waited for a finalisation to end.
     inode.sealed = (await this.fs.identify(path).catch(() => now)).sealed
     const writable = (flags & accessModeMask) !== constants.O_RDONLY
-    const mode = writable || !inode.sealed ? openFlags.directIo : openFlags.keepCache
+    // Writers skip the page cache. Readers of an image a writer may still take back (the seal delay) get
+    // the page cache for this open only (the kernel drops it at the next open: close-to-open); sealed ones keep it.
+    const mode = writable ? openFlags.directIo : inode.sealed ? openFlags.keepCache : 0
     this.inodes.opened(inode)
     if (!this.reply(id, () => this.native.replyOpen(id, fh, mode))) await this.release(0, ino, fh)
   }
