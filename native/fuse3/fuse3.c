@@ -201,9 +201,9 @@ static void dispatch_interruptible(struct call *c, fuse_req_t req) {
 }
 
 static void on_interrupt(fuse_req_t req, void *data) {
-  (void)req;
   struct call *c = call_new("interrupt", NULL, 0);
   c->a = (uint64_t)(uintptr_t)data;
+  c->b = (uint64_t)fuse_req_ctx(req)->pid;
   dispatch(c);
 }
 

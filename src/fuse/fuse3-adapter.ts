@@ -1,4 +1,4 @@
-import { constants } from 'node:fs'
+import { constants, readFileSync } from 'node:fs'
 import os from 'node:os'
 import { errorCode, errorMessage, fail } from '../errors/errors.js'
 import type { ImageFs } from '../fs/image-fs.js'
@@ -84,7 +84,7 @@ export class Fuse3Adapter {
   readonly handle = (op: string, id: number, ino: number, a: number, b: number, fh: number, name: string | null, name2: string | null, data: Buffer | number[] | undefined): void => {
     switch (op) {
       case 'forget': return this.inodes.forget(ino, a)
-      case 'interrupt': return this.interrupt(a)
+      case 'interrupt': return this.interrupt(a, b)
       case 'exit': return this.onExit?.(a)
       case 'read': return this.read(id, fh, a, b)
       case 'write': return this.write(id, fh, b, data instanceof Buffer ? data : Buffer.alloc(0))
@@ -335,8 +335,14 @@ export class Fuse3Adapter {
     )
   }
 
-  private interrupt(id: number): void {
-    if (!this.inFlight.has(id)) return
+  /**
+   * The kernel sends an interrupt for any signal, and a program that never
+   * expects EINTR from open or read (qemu's timers) would fail on it. So
+   * only a caller being killed is answered now; any other signal waits for
+   * the real answer, as a local disk would.
+   */
+  private interrupt(id: number, pid: number): void {
+    if (!this.inFlight.has(id) || !beingKilled(pid)) return
     this.metrics.op('interrupt')
     // Answered now; the work goes on, and its own answer is dropped as stale.
     this.reply(id, () => { this.native.replyErr(id, errno.EINTR) })
@@ -404,6 +410,18 @@ export class Fuse3Adapter {
   private entryOf(inode: Inode): Entry {
     return [inode.ino, generation, toAttr(inode.ino, inode.stat), this.ttl, inode.sealed ? this.ttl : 0]
   }
+}
+
+/** SIGKILL pending for the thread (or its process): it is dying, and will not look at our answer. */
+function beingKilled(pid: number): boolean {
+  let status: string
+  try {
+    status = readFileSync(`/proc/${pid}/status`, 'utf8')
+  } catch {
+    return true // already gone
+  }
+  const killBit = 1n << BigInt(os.constants.signals.SIGKILL - 1)
+  return [...status.matchAll(/^(?:SigPnd|ShdPnd):\s*([0-9a-f]+)$/gm)].some(m => (BigInt(`0x${m[1] ?? '0'}`) & killBit) !== 0n)
 }
 
 const directoryStat: FileStat = { mode: constants.S_IFDIR | 0o755, uid: 0, gid: 0, size: 4096, nlink: 2, blocks: 8, blksize: 4096, mtimeMs: 0 }
