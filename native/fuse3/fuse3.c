@@ -840,23 +840,22 @@ static napi_value js_reply_data(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
-/* replyWrite(id, count) */
-static napi_value js_reply_write(napi_env env, napi_callback_info info) {
+/* (id, count) → a reply that carries one count: replyWrite, replyXattrSize. */
+static napi_value reply_count(napi_env env, napi_callback_info info, int (*send)(fuse_req_t, size_t)) {
   napi_value argv[2];
   uint64_t count;
   if (!get_args(env, info, 2, argv) || !get_u64(env, argv[1], &count)) return NULL;
   fuse_req_t req = take(env, argv[0]);
-  if (req != NULL) fuse_reply_write(req, count);
+  if (req != NULL) send(req, count);
   return NULL;
 }
 
+static napi_value js_reply_write(napi_env env, napi_callback_info info) {
+  return reply_count(env, info, fuse_reply_write);
+}
+
 static napi_value js_reply_xattr_size(napi_env env, napi_callback_info info) {
-  napi_value argv[2];
-  uint64_t count;
-  if (!get_args(env, info, 2, argv) || !get_u64(env, argv[1], &count)) return NULL;
-  fuse_req_t req = take(env, argv[0]);
-  if (req != NULL) fuse_reply_xattr(req, count);
-  return NULL;
+  return reply_count(env, info, fuse_reply_xattr);
 }
 
 /* replyStatfs(id, [bsize, frsize, blocks, bfree, bavail, files, ffree, namemax]) */
