@@ -403,7 +403,7 @@ class Bench {
       let target = ''
       await this.measure(this.rows, { setup, workload, state: 'new image (includes finalise at close)', kind: 'write', bytes, ref: 'raw-write', target: 0.25 }, {
         prepare: async () => {
-          target = path.join(this.mnt, `bench-write-${++n}`)
+          target = path.join(this.mnt, `bench-write-${this.binding}-${++n}`)
           await this.primeSource()
         },
         work: async () => run(command(target)),
