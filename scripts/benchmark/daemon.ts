@@ -68,7 +68,8 @@ export class Daemon {
         this.child = undefined
         throw new Error(`cinderfs exited with ${String(exitCode)} before mounting; last log lines:\n${this.tail(5)}`)
       }
-      if (waited > 30_000) throw new Error(`cinderfs did not mount ${this.o.mountpoint} within 30 s; last log lines:\n${this.tail(5)}`)
+      // Recovery lists every volume first: with the 10,000 images of the list rows that takes a while.
+      if (waited > 180_000) throw new Error(`cinderfs did not mount ${this.o.mountpoint} within 180 s; last log lines:\n${this.tail(5)}`)
       await sleep(50)
     }
     if (child.pid === undefined) throw new Error('cinderfs has no pid')

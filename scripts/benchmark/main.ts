@@ -549,6 +549,8 @@ async function main(): Promise<number> {
   } catch (err) {
     say(`failed: ${err instanceof Error ? err.message : String(err)}`)
     await cleanup()
+    // What was measured before the failure is still worth having.
+    if (bench.rows.length > 0) process.stdout.write(`${formatRows(bench.rows, bench.rows, bench.budget)}\n`)
     return 1
   }
   await cleanup()
