@@ -4,7 +4,9 @@ import { GiB } from '../model/volume.js'
 import type { VolumeService } from '../backends/volume-service.js'
 import type { BlockCache } from '../cache/block-cache.js'
 import { errorMessage, fail } from '../errors/errors.js'
+import type { Janitor } from '../janitor/janitor.js'
 import type { Logger } from '../log/logger.js'
+import { withinRetryWindow } from '../outage/retry-window.js'
 import type { ImageEntry, ImageStore } from '../store/image-store.js'
 import { attributeMetadata, isImageVolume, keys } from '../store/metadata.js'
 import { checkFileName, fileNameFromPath, isFuseHiddenName, isUuid, volumeNameOf } from '../store/names.js'
@@ -25,6 +27,10 @@ export interface ImageFsOptions {
   host: string
   uid: number
   gid: number
+  /** Retries cleanups that fail (Cinder down or refusing) while the daemon runs. */
+  janitor: Janitor
+  /** How long the backend calls of an upload ride out an outage. */
+  apiRetryWindowMs: number
 }
 
 /** The I/O size we advertise (st_blksize); FUSE moves at most 128 KiB per request with libfuse2. */
@@ -77,7 +83,7 @@ export class ImageFs {
     checkFileName(name)
     if (isFuseHiddenName(name)) fail('EPERM', `${name}: names starting with .fuse_hidden are reserved`)
     if (await this.o.store.lookup(name) !== undefined) fail('EEXIST', `${name} exists`)
-    const upload = await this.startUpload(name, mode & 0o7777)
+    const upload = await withinRetryWindow(this.o.apiRetryWindowMs, async () => this.startUpload(name, mode & 0o7777))
     const handle = this.handles.open(this.entryOf(upload), true, upload)
     upload.writeHandles++
     return handle.id
@@ -321,9 +327,10 @@ export class ImageFs {
    */
   async recover(): Promise<void> {
     // One leftover that cannot be cleaned (Cinder refuses, another process holds it) must not fail the mount.
-    const attempt = async (what: string, ids: Record<string, string>, work: () => Promise<void>): Promise<void> => {
+    const attempt = async (what: string, ids: { volumeId: string, attachmentId?: string, name?: string }, work: () => Promise<void>): Promise<void> => {
       this.log.warn(ids, `recovery: ${what}`)
-      await work().catch((err: unknown) => { this.log.error({ ...ids, err: errorMessage(err) }, `recovery: could not ${what}; retried at the next start`) })
+      // the janitor keeps trying while the daemon runs (and logs each failure)
+      await this.o.janitor.attempt({ volumeId: ids.volumeId, call: `recovery: ${what}`, ...(ids.attachmentId === undefined ? {} : { attachmentId: ids.attachmentId }), run: work })
     }
     for (const attachment of await this.o.service.listOwnAttachments()) {
       await attempt('delete an attachment left by an earlier run', { volumeId: attachment.volumeId, attachmentId: attachment.id }, async () => this.o.service.detach(attachment))
@@ -397,14 +404,13 @@ export class ImageFs {
       lease = await this.o.attachments.acquire(volume.id, 'rw')
     } catch (err) {
       // No orphan volume when the attach fails.
-      await this.o.service.delete(volume.id).catch((deleteErr: unknown) => {
-        this.log.error({ volumeId: volume.id, err: errorMessage(deleteErr) }, 'could not delete the volume of a failed upload')
-      })
+      await this.o.janitor.attempt({ volumeId: volume.id, call: 'delete volume', run: async () => this.o.service.delete(volume.id) })
       throw err
     }
     const upload = new Upload({
       volumeId: volume.id, name, capacityGiB: volume.sizeGiB, lease, service: this.o.service,
       attachments: this.o.attachments, writeBuffer: this.o.writeBuffer, chunks: this.uploadChunks, host: this.o.host, logger: this.o.logger,
+      janitor: this.o.janitor, apiRetryWindowMs: this.o.apiRetryWindowMs,
     })
     upload.attrs.mode = mode
     this.uploads.set(volume.id, upload)
@@ -421,7 +427,7 @@ export class ImageFs {
     if (entry?.volume.id === upload.volumeId) {
       this.o.store.set({ ...entry, attrs: { ...entry.attrs, ...final.attrs, size: final.size, ...final.digests, state: 'final' } })
     }
-    const volume = await this.o.service.get(upload.volumeId)
+    const volume = await withinRetryWindow(this.o.apiRetryWindowMs, async () => this.o.service.get(upload.volumeId))
     this.o.store.unpin(upload.name)
     this.o.store.set({ name: upload.name, volume, attrs: this.o.store.decode(volume) })
   }

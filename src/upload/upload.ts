@@ -3,8 +3,10 @@ import type { AttachmentManager, Lease } from '../attachments/attachment-manager
 import { GiB } from '../model/volume.js'
 import type { VolumeService } from '../backends/volume-service.js'
 import { CinderfsError, errorCode, errorMessage, fail } from '../errors/errors.js'
+import type { Janitor } from '../janitor/janitor.js'
 import type { Logger } from '../log/logger.js'
 import type { AlignedBlockPool } from '../memory/aligned-blocks.js'
+import { withinRetryWindow } from '../outage/retry-window.js'
 import { attributeMetadata, keys } from '../store/metadata.js'
 import { Hasher, type Digests } from './hasher.js'
 import { addRange, type Range } from './ranges.js'
@@ -23,6 +25,10 @@ export interface UploadOptions {
   /** Recorded while uploading, so recovery on this host knows the volume is its own. */
   host: string
   logger: Logger
+  /** Cleanups that fail (detach, delete, seal) are retried there. */
+  janitor: Janitor
+  /** How long each backend call the upload needs (grow, attach, final metadata) rides out an outage. */
+  apiRetryWindowMs: number
 }
 
 export interface PendingAttributes {
@@ -151,8 +157,8 @@ export class Upload {
    */
   async reopen(): Promise<void> {
     if (this.state !== 'final' || this.sealed) fail('EROFS', `${this.name} is not reopenable`)
-    await this.options.service.updateMetadata(this.volumeId, { [keys.state]: 'uploading', [keys.host]: this.options.host })
-    this.lease = await this.options.attachments.acquire(this.volumeId, 'rw')
+    await this.backend(() => this.options.service.updateMetadata(this.volumeId, { [keys.state]: 'uploading', [keys.host]: this.options.host }))
+    this.lease = await this.backend(() => this.options.attachments.acquire(this.volumeId, 'rw'))
     this.hasher = new Hasher()
     this.hashInOrder = this.size === 0
     this.hashedUpTo = 0
@@ -249,9 +255,17 @@ export class Upload {
   async seal(): Promise<void> {
     if (this.state !== 'final' || this.sealed) return
     this.sealed = true
-    await this.options.service.setReadOnly(this.volumeId, true)
-    // The host mark stays until here, so recovery can seal an image whose daemon died before this.
-    await this.options.service.updateMetadata(this.volumeId, { [keys.host]: null })
+    const { service, janitor } = this.options
+    // The image is complete either way; a seal Cinder refuses now (the volume still attached, an outage) is retried.
+    await janitor.attempt({
+      volumeId: this.volumeId,
+      call: 'seal',
+      run: async () => {
+        await service.setReadOnly(this.volumeId, true)
+        // The host mark stays until here, so recovery can seal an image whose daemon died before this.
+        await service.updateMetadata(this.volumeId, { [keys.host]: null })
+      },
+    })
   }
 
   /**
@@ -283,20 +297,20 @@ export class Upload {
         this.log.warn({ sizeGiB: this.capacity / GiB, bytes: this.size }, 'volume is larger than the image needs (it was truncated down; Cinder cannot shrink)')
       }
       this.lease.release()
-      await this.options.attachments.detach(this.volumeId)
+      await this.backend(() => this.options.attachments.detach(this.volumeId))
       const attrs: Required<PendingAttributes> = {
         mtimeNs: this.mtimeNs,
         mode: this.attrs.mode ?? 0o644,
         uid: this.attrs.uid ?? 0,
         gid: this.attrs.gid ?? 0,
       }
-      await this.options.service.updateMetadata(this.volumeId, {
+      await this.backend(() => this.options.service.updateMetadata(this.volumeId, {
         ...attributeMetadata(attrs),
         [keys.imageSize]: String(this.size),
         [keys.md5]: digests.md5,
         [keys.sha512]: digests.sha512,
         [keys.state]: null,
-      })
+      }))
       this.state = 'final'
       const seconds = Math.max(0.001, (Date.now() - this.startedAt) / 1000)
       this.log.info({ bytes: this.size, written: this.bytesWritten, seconds, mbPerSecond: Math.round(this.bytesWritten / seconds / 1e5) / 10, md5: digests.md5 }, 'upload finished')
@@ -325,13 +339,15 @@ export class Upload {
     await this.settleWrites()
     this.log.warn({ reason }, 'upload aborted; deleting its volume')
     await this.hasher.close()
-    try {
-      this.lease.release()
-      await this.options.attachments.detach(this.volumeId)
-      await this.options.service.delete(this.volumeId)
-    } catch (err) {
-      this.log.error({ err: errorMessage(err), errno: errorCode(err) }, 'cleanup of aborted upload failed; recovery at next start will retry')
-    }
+    this.lease.release()
+    // A detach that fails is the janitor's already; the delete then waits behind it there.
+    await this.options.attachments.detach(this.volumeId).catch(() => undefined)
+    await this.options.janitor.attempt({ volumeId: this.volumeId, call: 'delete volume', run: async () => this.options.service.delete(this.volumeId) })
+  }
+
+  /** A backend call the upload cannot do without: it retries through a short outage (--api-retry-window). */
+  private async backend<T>(call: () => Promise<T>): Promise<T> {
+    return withinRetryWindow(this.options.apiRetryWindowMs, call)
   }
 
   /** A write or truncate: mtime is now (POSIX), whatever was set before. */
@@ -483,7 +499,7 @@ export class Upload {
 
   private async runGrow(): Promise<void> {
     try {
-      while (this.capacity < this.growTargetGiB * GiB) await this.extendTo(this.growTargetGiB)
+      while (this.capacity < this.growTargetGiB * GiB) await this.backend(() => this.extendTo(this.growTargetGiB))
       for (let next = this.queue.shift(); next !== undefined; next = this.queue.shift()) {
         this.queuedBytes -= next.block.length
         await this.writeStage(next)
