@@ -156,13 +156,9 @@ export class AttachmentManager {
     const done = (async () => {
       const { attachment, device } = await entry.ready
       await device.close()
-      const step = this.detachStep(attachment)
-      try {
-        await step.run()
-      } catch (err) {
-        // The device is closed; only Cinder's attachment is left, and the janitor retries deleting it.
-        this.options.janitor.defer(step, err)
-        throw err
+      // The device is closed; only Cinder's attachment can be left, and the janitor retries deleting it.
+      if (!await this.options.janitor.attempt(this.detachStep(attachment))) {
+        fail('EIO', `detaching volume ${entry.volumeId} failed; the janitor retries it`, { volumeId: entry.volumeId, attachmentId: attachment.id })
       }
       this.log.info({ volumeId: entry.volumeId, attachmentId: attachment.id }, 'detached')
     })()

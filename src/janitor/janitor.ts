@@ -1,5 +1,6 @@
 import { errorCode, errorMessage, CinderfsError } from '../errors/errors.js'
 import type { Logger } from '../log/logger.js'
+import { currentRetryWindow, withinRetryWindow } from '../outage/retry-window.js'
 
 /** Logged (warn) when a cleanup step fails and is kept for a later attempt; tests wait for it. */
 export const CLEANUP_DEFERRED_MESSAGE = 'cleanup failed; will retry'
@@ -65,25 +66,23 @@ export class Janitor {
   }
 
   /**
-   * Tries the step once now; when it fails (or an earlier step of the same
-   * volume is still pending) keeps it for later. Never throws: the caller's
-   * own error is what its user needs to see.
+   * Tries the step now (within the caller's retry window, if it has one);
+   * when it fails (or an earlier step of the same volume is still pending)
+   * keeps it for later. Never throws: the caller's own error is what its
+   * user needs to see. Resolves true when the step is done.
    */
-  async attempt(step: CleanupStep): Promise<void> {
+  async attempt(step: CleanupStep): Promise<boolean> {
     if (this.pending.has(step.volumeId)) {
       this.keep(step, 'an earlier cleanup of this volume is pending')
-      return
+      return false
     }
     try {
-      await step.run()
+      await (currentRetryWindow() === undefined ? once(step) : step.run())
+      return true
     } catch (err) {
       this.keep(step, err)
+      return false
     }
-  }
-
-  /** Keeps a step that already failed once (its caller tried it itself). */
-  defer(step: CleanupStep, err: unknown): void {
-    this.keep(step, err)
   }
 
   /** How many steps are waiting (the pending-cleanups gauge). */
@@ -165,7 +164,7 @@ export class Janitor {
     const work = (async () => {
       for (let entry = this.pending.get(volumeId)?.[0]; entry !== undefined; entry = this.pending.get(volumeId)?.[0]) {
         try {
-          await entry.step.run()
+          await once(entry.step)
         } catch (err) {
           entry.attempts++
           entry.lastError = reason(err)
@@ -192,6 +191,15 @@ export class Janitor {
       next: this.stopped ? 'left for recovery at the next start' : 'will retry',
     }, CLEANUP_DEFERRED_MESSAGE)
   }
+}
+
+/**
+ * One attempt, without the HTTP layer's own retries: the janitor's backoff
+ * is the retry, and a stopped cinder-volume makes each 5xx take Cinder's RPC
+ * timeout (a minute), so a few quick retries per attempt would only multiply it.
+ */
+async function once(step: CleanupStep): Promise<void> {
+  await withinRetryWindow(0, step.run)
 }
 
 function reason(err: unknown): string {

@@ -44,7 +44,7 @@ t.test('a failed step is retried with backoff until it succeeds; steps of one vo
 t.test('runNow tries a volume\'s pending steps at once', async t => {
   const janitor = new Janitor({ logger: capturingLogger().logger, firstDelayMs: 60_000 })
   const order: string[] = []
-  janitor.defer(flaky(order, 'v2', 'detach', 0), 'refused')
+  await janitor.attempt(flaky(order, 'v2', 'detach', 1))
   t.ok(janitor.has('v2'))
   await janitor.runNow('v2')
   t.notOk(janitor.has('v2'), 'done without waiting for the minute-long backoff')
@@ -54,8 +54,8 @@ t.test('drain is bounded and logs each step left, one line each', async t => {
   const { logger, lines } = capturingLogger()
   const janitor = new Janitor({ logger, firstDelayMs: 5 })
   const order: string[] = []
-  janitor.defer(flaky(order, 'v3', 'delete volume', Infinity), 'refused')
-  janitor.defer(flaky(order, 'v4', 'detach', 1), 'refused')
+  await janitor.attempt(flaky(order, 'v3', 'delete volume', Infinity))
+  await janitor.attempt(flaky(order, 'v4', 'detach', 1))
   const started = Date.now()
   const left = await janitor.drain(200)
   t.ok(Date.now() - started < 2000, 'returns within the bound')
