@@ -119,7 +119,8 @@ export class HttpClient {
       } catch (err) {
         const failure = connectionError(request, err)
         const code = failure.details.code
-        if (!((request.idempotent || (typeof code === 'string' && NOT_SENT.has(code))) && mayRetry(attempt))) throw failure
+        // One retry whatever the window: a keep-alive socket the server had just closed is the common case.
+        if (!((request.idempotent || (typeof code === 'string' && NOT_SENT.has(code))) && (attempt === 0 || mayRetry(attempt)))) throw failure
         await this.pause(request, attempt, failure)
         continue
       }

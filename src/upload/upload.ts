@@ -319,7 +319,7 @@ export class Upload {
       this.state = 'open'
       const failure = asFailure(err, 'finalisation failed')
       this.failure = failure
-      this.log.error({ err: failure.message, errno: failure.code }, 'upload failed at finalisation')
+      this.log.error({ err: failure.message, errno: failure.code, requestId: failure.details.requestId }, 'upload failed at finalisation')
       throw failure
     } finally {
       if (this.state === 'final') await this.hasher.close()
@@ -507,7 +507,7 @@ export class Upload {
     } catch (err) {
       this.failure = asFailure(err, 'growing the volume failed')
       this.dropQueue()
-      this.log.error({ err: this.failure.message, errno: this.failure.code, targetGiB: this.growTargetGiB }, 'grow failed; the upload fails')
+      this.log.error({ err: this.failure.message, errno: this.failure.code, requestId: this.failure.details.requestId, targetGiB: this.growTargetGiB }, 'grow failed; the upload fails (EIO to the writer; its volume is deleted)')
     }
   }
 
