@@ -214,6 +214,7 @@ t.test('outages: cinder-api and cinder-volume restarts, tokens of 60 s', { skip 
 
   const ridden = await ridingClose
   t.ok(ridden.ok, 'rides: close succeeds once cinder-api is back within the window')
+  const readBack = run(`cmp '${source}' '${rides.daemon.file('image')}'`)
   await Promise.all([
     until('the failed upload to leave nothing', 60, async () => (await volumes(past.ws)).length === 0 && await detachedAll(past.ws)),
     until('the idle detach to be done', 60, async () => detachedAll(idle.ws)),
@@ -276,7 +277,7 @@ t.test('outages: cinder-api and cinder-volume restarts, tokens of 60 s', { skip 
 
   phase('long upload and read checked')
   // the copy that rode out the cinder-api outage equals its source
-  t.equal((await run(`cmp '${source}' '${rides.daemon.file('image')}'`)).code, 0, 'rides: the copy equals the source')
+  t.equal((await readBack).code, 0, 'rides: the copy equals the source')
   await until('the read-back to be detached', 30, async () => detachedAll(rides.ws))
   t.pass('and nothing of it stays attached')
 })
