@@ -72,7 +72,8 @@ export class Janitor {
    * user needs to see. Resolves true when the step is done.
    */
   async attempt(step: CleanupStep): Promise<boolean> {
-    if (this.pending.has(step.volumeId)) {
+    // While the janitor runs this volume's steps, a step they attempt is one they need first (a delete's detach): try it now.
+    if (this.pending.has(step.volumeId) && !this.running.has(step.volumeId)) {
       this.keep(step, 'an earlier cleanup of this volume is pending')
       return false
     }
@@ -134,7 +135,9 @@ export class Janitor {
   private keep(step: CleanupStep, err: unknown): void {
     const entries = this.pending.get(step.volumeId) ?? []
     const entry: Entry = { step, volumeId: step.volumeId, call: step.call, attempts: 1, since: new Date(), lastError: reason(err), ...(step.attachmentId === undefined ? {} : { attachmentId: step.attachmentId }) }
-    entries.push(entry)
+    // A step that failed inside a running step of the same volume is that step's prerequisite: it goes first.
+    if (this.running.has(step.volumeId)) entries.unshift(entry)
+    else entries.push(entry)
     this.pending.set(step.volumeId, entries)
     this.logFailure(entry, err)
     if (this.stopped) return

@@ -41,6 +41,27 @@ t.test('a failed step is retried with backoff until it succeeds; steps of one vo
   t.equal(lines.filter(l => l.includes(CLEANUP_DONE_MESSAGE)).length, 2)
 })
 
+t.test('a step that needs another first (a delete its detach) gets it done in order, even when both fail for a while', async t => {
+  const janitor = new Janitor({ logger: capturingLogger().logger, firstDelayMs: 5, maxDelayMs: 20 })
+  const order: string[] = []
+  const detach = flaky(order, 'v5', 'detach', 2)
+  let detached = false
+  const step = {
+    volumeId: 'v5',
+    call: 'delete volume',
+    run: async () => {
+      // as ImageLifecycle.delete does: detach through the janitor, then delete
+      if (!detached) detached = await janitor.attempt({ ...detach, run: async () => { await detach.run() } })
+      if (!detached) throw new CinderfsError('EIO', 'volume is still attached')
+      order.push('delete volume:ok')
+    },
+  }
+  await janitor.attempt(step)
+  await until('all done', () => janitor.size === 0)
+  t.equal(order.at(-1), 'delete volume:ok', 'the delete went through after its detach')
+  t.ok(order.includes('detach:ok'))
+})
+
 t.test('runNow tries a volume\'s pending steps at once', async t => {
   const janitor = new Janitor({ logger: capturingLogger().logger, firstDelayMs: 60_000 })
   const order: string[] = []
