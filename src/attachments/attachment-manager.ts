@@ -146,7 +146,7 @@ export class AttachmentManager {
   }
 
   private detachStep(attachment: Attachment): CleanupStep {
-    return { volumeId: attachment.volumeId, attachmentId: attachment.id, call: 'detach', run: async () => this.options.service.detach(attachment) }
+    return { volumeId: attachment.volumeId, attachmentId: attachment.id, call: 'detach', first: true, run: async () => this.options.service.detach(attachment) }
   }
 
   private release(entry: Entry): void {

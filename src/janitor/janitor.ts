@@ -15,6 +15,8 @@ export interface CleanupStep {
   /** The call, for logs: `detach`, `delete volume`, `seal`, `update metadata`. */
   call: string
   attachmentId?: string
+  /** A prerequisite of the volume's other steps (a detach: a delete or seal fails while attached): it runs before them. */
+  first?: boolean
   run(): Promise<void>
 }
 
@@ -72,8 +74,8 @@ export class Janitor {
    * user needs to see. Resolves true when the step is done.
    */
   async attempt(step: CleanupStep): Promise<boolean> {
-    // While the janitor runs this volume's steps, a step they attempt is one they need first (a delete's detach): try it now.
-    if (this.pending.has(step.volumeId) && !this.running.has(step.volumeId)) {
+    // A prerequisite, or a step the janitor's own run of this volume needs (a delete's detach), is tried now.
+    if (this.pending.has(step.volumeId) && !this.running.has(step.volumeId) && step.first !== true) {
       this.keep(step, 'an earlier cleanup of this volume is pending')
       return false
     }
@@ -135,8 +137,8 @@ export class Janitor {
   private keep(step: CleanupStep, err: unknown): void {
     const entries = this.pending.get(step.volumeId) ?? []
     const entry: Entry = { step, volumeId: step.volumeId, call: step.call, attempts: 1, since: new Date(), lastError: reason(err), ...(step.attachmentId === undefined ? {} : { attachmentId: step.attachmentId }) }
-    // A step that failed inside a running step of the same volume is that step's prerequisite: it goes first.
-    if (this.running.has(step.volumeId)) entries.unshift(entry)
+    // A prerequisite goes before the volume's other steps, as does a step that failed inside one of them.
+    if (step.first === true || this.running.has(step.volumeId)) entries.unshift(entry)
     else entries.push(entry)
     this.pending.set(step.volumeId, entries)
     this.logFailure(entry, err)

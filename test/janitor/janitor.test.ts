@@ -62,6 +62,22 @@ t.test('a step that needs another first (a delete its detach) gets it done in or
   t.ok(order.includes('detach:ok'))
 })
 
+t.test('a detach that fails while a delete of its volume waits goes before it', async t => {
+  const janitor = new Janitor({ logger: capturingLogger().logger, firstDelayMs: 5, maxDelayMs: 20 })
+  const order: string[] = []
+  let attached = true
+  await janitor.attempt({ volumeId: 'v6', call: 'delete volume', run: async () => {
+    order.push(`delete volume:${attached ? 'fail' : 'ok'}`)
+    if (attached) throw new CinderfsError('EBUSY', 'volume is in-use')
+  } })
+  // an idle detach of the same volume fails later (Cinder still down)
+  const detach = flaky(order, 'v6', 'detach', 1)
+  await janitor.attempt({ ...detach, first: true, run: async () => { await detach.run(); attached = false } })
+  t.same(janitor.list().map(p => p.call), ['detach', 'delete volume'], 'the detach is first in line')
+  await until('all done', () => janitor.size === 0)
+  t.equal(order.at(-1), 'delete volume:ok')
+})
+
 t.test('runNow tries a volume\'s pending steps at once', async t => {
   const janitor = new Janitor({ logger: capturingLogger().logger, firstDelayMs: 60_000 })
   const order: string[] = []

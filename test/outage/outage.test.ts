@@ -6,6 +6,7 @@
 // exports, a state polled with a deadline), never a fixed sleep.
 import { spawn } from 'node:child_process'
 import fs from 'node:fs'
+import os from 'node:os'
 import path from 'node:path'
 import readline from 'node:readline'
 import t from 'tap'
@@ -150,6 +151,15 @@ t.test('outages: cinder-api and cinder-volume restarts, tokens of 60 s', { skip 
   ])
   if (rides === undefined || past === undefined || idle === undefined || sigterm === undefined || volumeDown === undefined) throw new Error('a mount is missing')
   const [long, createDown] = [rides, past]
+  t.teardown(() => {
+    // a failure is explained by the daemons' logs: keep them
+    if (t.passing()) return
+    for (const [name, m] of Object.entries({ rides, past, idle, sigterm, volumeDown })) {
+      const file = path.join(os.tmpdir(), `cinderfs-outage-${name}.log`)
+      fs.writeFileSync(file, m.daemon.logs())
+      t.comment(`logs of the ${name} mount: ${file}`)
+    }
+  })
 
   // Before any outage: images to read, readers holding them, uploads under way.
   await Promise.all([
