@@ -100,11 +100,6 @@ export class Janitor {
     return [...this.pending.values()].flat().map(({ step: _step, ...rest }) => ({ ...rest }))
   }
 
-  /** True when the volume has cleanup steps waiting. */
-  has(volumeId: string): boolean {
-    return this.pending.has(volumeId)
-  }
-
   /** Tries a volume's pending steps now (a new attach of it must not race its old attachment's delete). */
   async runNow(volumeId: string): Promise<void> {
     if (!this.pending.has(volumeId)) return
