@@ -6,6 +6,7 @@ import { loopsOf, randomFile, startDaemon, volumes, workspace, type Daemon, type
 import { CLOUDS, openStackSuite, STATE_DIR } from '../helpers/openstack.js'
 import { needsFuse } from '../helpers/requirements.js'
 import { run, sh, sha256 } from '../helpers/shell.js'
+import { fsMessages } from '../../src/fs/image-fs.js'
 import { lifecycleMessages } from '../../src/image/lifecycle.js'
 import { attachmentMessages } from '../../src/attachments/attachment-manager.js'
 
@@ -108,6 +109,8 @@ t.test('8 parallel uploads while 8 readers read', { skip }, async t => {
 t.test('kill -9 mid-upload, mount again: recovery deletes this host\'s attachments and the half-uploaded volume', { skip }, async t => {
   const { ws, daemon } = await cinderMount(t, ['--host', 'crash-host'])
   await sh(`echo survivor > '${daemon.file('complete')}'`)
+  // Sealed: the reader below attaches it read-only, apart from the upload's read-write attachment.
+  await daemon.logged(lifecycleMessages.sealed)
   const source = await randomFile(64 * MiB)
   // A reader holds an attachment of the complete image; a throttled writer is mid-upload.
   // It keeps the file open (fd 3) until the mount dies, then ends (a plain sleep held the test a minute).
@@ -118,7 +121,7 @@ with open('${daemon.file('partial')}', 'wb') as out:
     while chunk := src.read(1 << 20):
         out.write(chunk)
         time.sleep(0.05)"`)
-  await daemon.logged(lifecycleMessages.begun, { name: 'partial' })
+  await daemon.logged(fsMessages.uploadStarted, { name: 'partial' })
   await daemon.logged(attachmentMessages.attached, { mode: 'ro' })
   await sh('sleep 1')
   await daemon.kill()
