@@ -41,7 +41,7 @@ export class Tgt {
 
   static async start(owner: { teardown(fn: () => unknown): void }): Promise<Tgt> {
     let controlPort = 0
-    do controlPort = 20000 + Math.floor(Math.random() * 40000)
+    do controlPort = 1000 + Math.floor(Math.random() * 30000) // tgtd takes up to 32767
     while (fs.existsSync(`/var/run/tgtd/socket.${controlPort}`))
     const tgt = new Tgt(await freePort(), controlPort)
     owner.teardown(() => tgt.kill())
@@ -51,9 +51,12 @@ export class Tgt {
 
   async start(): Promise<void> {
     // -f: in the foreground, so it is our child and its pid ours to kill
-    this.child = spawn('/usr/sbin/tgtd', ['-f', '-C', String(this.controlPort), '--iscsi', `portal=${this.portal}`], { stdio: 'ignore' })
+    const child = spawn('/usr/sbin/tgtd', ['-f', '-C', String(this.controlPort), '--iscsi', `portal=${this.portal}`], { stdio: ['ignore', 'ignore', 'pipe'] })
+    this.child = child
+    let said = ''
+    child.stderr?.on('data', (chunk: Buffer) => { said = (said + chunk.toString()).slice(-2000) })
     for (let i = 0; ; i++) {
-      if (this.child.exitCode !== null) throw new Error(`tgtd exited ${this.child.exitCode}`)
+      if (child.exitCode !== null) throw new Error(`tgtd exited ${child.exitCode}: ${said}`)
       if (await this.answers()) break
       if (i > 200) throw new Error('tgtd did not answer on its control socket within 10 s')
       await sleep(50)
