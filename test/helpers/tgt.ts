@@ -7,6 +7,15 @@ import { iscsiAddonPath } from '../../src/connectors/iscsi-binding.js'
 import { needsRoot } from './requirements.js'
 import { sh } from './shell.js'
 
+/**
+ * The initiators logged in to the rig's tgtd (scripts/openstack/up, control
+ * port 0), one per session: what an iSCSI session leak check looks at.
+ */
+export async function rigInitiators(): Promise<string[]> {
+  const out = await sh('tgtadm --lld iscsi --op show --mode target')
+  return [...out.matchAll(/^\s*Initiator: (\S+)/gm)].map(m => m[1] ?? '')
+}
+
 /** Why the tests that run their own tgtd cannot run here, or false (tap's `skip`). */
 export function needsTgt(): string | false {
   const root = needsRoot()
