@@ -40,8 +40,9 @@
 #include <string.h>
 #include <uv.h>
 
+#include "napi-util.h"
+
 #define TICK_MS 250
-#define MAX_SAFE_INTEGER 9007199254740991.0
 /* Largest single transfer when the LUN's block limits name none. */
 #define DEFAULT_MAX_TRANSFER (8u << 20)
 /* Retries of a command the target asked to repeat (UNIT ATTENTION, BUSY). */
@@ -50,7 +51,7 @@
 
 #define CHECK(env, call)                                 \
   do {                                                   \
-    if ((call) != napi_ok) return throw_pending(env);    \
+    if ((call) != napi_ok) return throw_last_error(env);    \
   } while (0)
 
 static long live_luns, live_requests;
@@ -119,42 +120,14 @@ typedef struct lun {
 
 /* ------------------------------------------------------------- plumbing */
 
-static napi_value throw_pending(napi_env env) {
-  const napi_extended_error_info *info = NULL;
-  bool pending = false;
-  napi_is_exception_pending(env, &pending);
-  if (!pending) {
-    napi_get_last_error_info(env, &info);
-    napi_throw_error(env, NULL, info && info->error_message ? info->error_message : "N-API call failed");
-  }
-  return NULL;
-}
-
 static uint64_t now_ms(void) { return uv_now(uv_default_loop()); }
-
-/* An Error with code/errno for a negative errno; `detail` is appended when given. */
-static napi_value make_error(napi_env env, int err, const char *what, const char *detail) {
-  char name[32], text[128], message[512];
-  napi_value msg, error, value;
-  uv_err_name_r(err, name, sizeof name);
-  if (strncmp(name, "Unknown", 7) == 0) strcpy(name, "EIO");
-  uv_strerror_r(err, text, sizeof text);
-  snprintf(message, sizeof message, detail && *detail ? "%s: %s (%s)" : "%s: %s", what, text, detail);
-  napi_create_string_utf8(env, message, NAPI_AUTO_LENGTH, &msg);
-  napi_create_error(env, NULL, msg, &error);
-  napi_create_string_utf8(env, name, NAPI_AUTO_LENGTH, &value);
-  napi_set_named_property(env, error, "code", value);
-  napi_create_int32(env, err, &value);
-  napi_set_named_property(env, error, "errno", value);
-  return error;
-}
 
 static napi_value settled(napi_env env, int err, const char *what, double value) {
   napi_value promise, result;
   napi_deferred deferred;
   CHECK(env, napi_create_promise(env, &deferred, &promise));
   if (err < 0) {
-    napi_reject_deferred(env, deferred, make_error(env, err, what, NULL));
+    napi_reject_deferred(env, deferred, errno_error(env, what, NULL, err));
   } else {
     napi_create_double(env, value, &result);
     napi_resolve_deferred(env, deferred, result);
@@ -310,7 +283,7 @@ static void req_done(req_t *r, int err) {
   req_unlink(r);
   if (r->deferred) {
     if (err < 0) {
-      napi_reject_deferred(env, r->deferred, make_error(env, err, op_name(r->op), NULL));
+      napi_reject_deferred(env, r->deferred, errno_error(env, op_name(r->op), NULL, err));
     } else {
       if (r->op == OP_FLUSH) napi_get_undefined(env, &value);
       else if (r->op == OP_CAPACITY) napi_create_double(env, (double)l->blocks * l->block_size, &value);
@@ -622,7 +595,7 @@ static void opened(lun_t *l, int err, const char *detail) {
   if (!deferred) return;
   l->opening = NULL;
   if (err < 0) {
-    napi_reject_deferred(env, deferred, make_error(env, err, "iscsi connect", detail));
+    napi_reject_deferred(env, deferred, errno_error(env, "iscsi connect", detail, err));
     l->close_requested = true;
     finish_close(l);
     return;
@@ -683,18 +656,6 @@ static void finish_close(lun_t *l) {
 
 /* ------------------------------------------------------------ arguments */
 
-static bool get_u64(napi_env env, napi_value value, const char *name, uint64_t *out) {
-  double d;
-  char message[96];
-  if (napi_get_value_double(env, value, &d) != napi_ok || !(d >= 0 && d <= MAX_SAFE_INTEGER) || d != (double)(uint64_t)d) {
-    snprintf(message, sizeof message, "%s must be a non-negative safe integer", name);
-    napi_throw_range_error(env, NULL, message);
-    return false;
-  }
-  *out = (uint64_t)d;
-  return true;
-}
-
 /* A malloc'd copy of object[name]: NULL with *ok still true when absent and optional. */
 static char *get_string_prop(napi_env env, napi_value object, const char *name, bool required, bool *ok) {
   napi_value value;
@@ -735,19 +696,6 @@ static bool get_number_prop(napi_env env, napi_value object, const char *name, d
   if (napi_get_value_double(env, value, out) != napi_ok || !(*out >= min && *out <= max) || *out != (double)(int64_t)*out) {
     snprintf(message, sizeof message, "%s must be an integer from %.0f to %.0f", name, min, max);
     napi_throw_range_error(env, NULL, message);
-    return false;
-  }
-  return true;
-}
-
-static bool get_bool_prop(napi_env env, napi_value object, const char *name, bool *out) {
-  napi_value value;
-  napi_valuetype type;
-  if (napi_get_named_property(env, object, name, &value) != napi_ok) return false;
-  napi_typeof(env, value, &type);
-  if (type == napi_undefined) return true;
-  if (napi_get_value_bool(env, value, out) != napi_ok) {
-    napi_throw_type_error(env, NULL, "readOnly must be a boolean");
     return false;
   }
   return true;
@@ -800,7 +748,7 @@ static napi_value iscsi_connect(napi_env env, napi_callback_info info) {
   if (ok) l->target_user = get_string_prop(env, options, "targetUsername", false, &ok);
   if (ok) l->target_password = get_string_prop(env, options, "targetPassword", false, &ok);
   if (ok) ok = get_number_prop(env, options, "timeoutSeconds", 1, 3600, &timeout);
-  if (ok) ok = get_bool_prop(env, options, "readOnly", &l->read_only);
+  if (ok) ok = get_optional_bool(env, options, "readOnly", &l->read_only);
   if (ok && (!l->user) != (!l->password)) {
     napi_throw_type_error(env, NULL, "username and password come together");
     ok = false;
@@ -903,7 +851,7 @@ static napi_value start(napi_env env, napi_value self, lun_t *l, op_t op, napi_v
   if (napi_create_promise(env, &r->deferred, &promise) != napi_ok) {
     req_unlink(r);
     free(r);
-    return throw_pending(env);
+    return throw_last_error(env);
   }
   napi_create_reference(env, self, 1, &r->self);
   if (buffer) napi_create_reference(env, buffer, 1, &r->buffer);
@@ -927,7 +875,7 @@ static napi_value lun_rw(napi_env env, napi_callback_info info, op_t op) {
     return NULL;
   }
   CHECK(env, napi_get_buffer_info(env, argv[0], (void **)&data, &buffer_length));
-  if (!get_u64(env, argv[1], "offset", &offset) || !get_u64(env, argv[2], "length", &length) || !get_u64(env, argv[3], "position", &position))
+  if (!get_offset(env, argv[1], "offset", &offset) || !get_offset(env, argv[2], "length", &length) || !get_offset(env, argv[3], "position", &position))
     return NULL;
   if (offset > buffer_length || length > buffer_length - offset) {
     napi_throw_range_error(env, NULL, "offset + length is beyond the end of the buffer");
@@ -956,7 +904,7 @@ static napi_value lun_discard(napi_env env, napi_callback_info info) {
   uint64_t position, length, size;
   lun_t *l = lun_this(env, info, &self, argv, 2);
   if (!l) return NULL;
-  if (!get_u64(env, argv[0], "position", &position) || !get_u64(env, argv[1], "length", &length)) return NULL;
+  if (!get_offset(env, argv[0], "position", &position) || !get_offset(env, argv[1], "length", &length)) return NULL;
   if (l->close_requested) return settled(env, -EBADF, "iscsi unmap", 0);
   if (l->read_only) return settled(env, -EROFS, "iscsi unmap", 0);
   if (!l->thin) return settled(env, -EOPNOTSUPP, "iscsi unmap", 0);

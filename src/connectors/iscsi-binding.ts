@@ -1,5 +1,4 @@
-import path from 'node:path'
-import { fail } from '../errors/errors.js'
+import { nativeAddon } from './native-addon.js'
 
 // Types and loader for native/iscsi, the libiscsi addon (a userspace iSCSI
 // initiator on the event loop). I/O is in whole logical blocks into the
@@ -64,20 +63,9 @@ export interface IscsiBinding {
   stats(): IscsiStats
 }
 
-export const iscsiAddonPath = path.join(__dirname, '..', '..', '..', 'native', 'iscsi', 'build', 'Release', 'cinderfs_iscsi.node')
+const addon = nativeAddon<IscsiBinding>('iscsi', 'cinderfs_iscsi', 'libiscsi-dev')
 
-let binding: IscsiBinding | undefined
+export const iscsiAddonPath = addon.path
 
-/** The addon, loaded on first use so hosts without libiscsi can run every other transport. */
-export function loadIscsi(): IscsiBinding {
-  binding ??= requireAddon()
-  return binding
-}
-
-function requireAddon(): IscsiBinding {
-  try {
-    return require(iscsiAddonPath)
-  } catch (err) {
-    fail('ENOSYS', `the libiscsi addon is not built (${iscsiAddonPath}): install libiscsi-dev, then run scripts/setup`, {}, err)
-  }
-}
+/** The addon, loaded on first use. */
+export const loadIscsi: () => IscsiBinding = addon.load
