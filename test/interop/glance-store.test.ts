@@ -59,10 +59,16 @@ t.test('an image copied into the mount is read back by glance_store get() byte f
     await daemon.stop()
     const again = await mount(t)
     t.equal(await sha256(again.file(id)), await sha256(source), 'read back through a fresh session, the bytes cp wrote')
-    // While attached, TgtAdm's target file holds the CHAP secret Cinder sent us: never in our logs.
-    const target = await fs.readFile(path.join(STATE_DIR, 'cinder', 'volumes', `volume-${volume.id}`), 'utf8')
-    const secret = /incominguser \S+ (\S+)/.exec(target)?.[1]
-    t.ok(secret !== undefined && !again.logs().includes(secret) && !daemon.logs().includes(secret), 'the CHAP secret is in no log line')
+    // While attached (held open), TgtAdm's target file holds the CHAP secret Cinder sent us: never in our logs.
+    const held = await fs.open(again.file(id))
+    try {
+      await held.read(Buffer.alloc(4096), 0, 4096, 0)
+      const target = await fs.readFile(path.join(STATE_DIR, 'cinder', 'volumes', `volume-${volume.id}`), 'utf8')
+      const secret = /incominguser \S+ (\S+)/.exec(target)?.[1]
+      t.ok(secret !== undefined && !again.logs().includes(secret) && !daemon.logs().includes(secret), 'the CHAP secret is in no log line')
+    } finally {
+      await held.close()
+    }
     return
   }
   const out = path.join(path.dirname(daemon.mountpoint), 'from-glance-store')
