@@ -109,6 +109,9 @@ t.test('8 parallel uploads while 8 readers read', { skip }, async t => {
 t.test('kill -9 mid-upload, mount again: recovery deletes this host\'s attachments and the half-uploaded volume', { skip }, async t => {
   const { ws, daemon } = await cinderMount(t, ['--host', 'crash-host'])
   await sh(`echo survivor > '${daemon.file('complete')}'`)
+  // Sealed first, so the reader below attaches it read-only (within the seal delay it would read through
+  // the writer's attachment; on slower exports, such as iSCSI's, it could finish before the seal).
+  await daemon.logged(lifecycleMessages.sealed, { name: 'complete' })
   const source = await randomFile(64 * MiB)
   // A reader holds an attachment of the complete image; a throttled writer is mid-upload.
   // It keeps the file open (fd 3) until the mount dies, then ends (a plain sleep held the test a minute).
@@ -121,6 +124,8 @@ with open('${daemon.file('partial')}', 'wb') as out:
         time.sleep(0.05)"`)
   await daemon.logged(lifecycleMessages.begun, { name: 'partial' })
   await daemon.logged(attachmentMessages.attached, { mode: 'ro' })
+  // and the upload's own attachment is done (complete's was the first rw one): iSCSI exports take a second or two
+  await daemon.logged(attachmentMessages.attached, { mode: 'rw', times: 2 })
   await sh('sleep 1')
   await daemon.kill()
   t.not((await writer).code, 0, 'the writer sees its copy fail')
