@@ -15,6 +15,8 @@ export interface CinderBackendOptions {
   host?: string
   /** The connector's IP, which storage backends may use for access control (default: this host's first external IPv4 address). */
   ip?: string
+  /** The connector's iSCSI initiator IQN: iSCSI drivers export volumes to it (default: none sent). */
+  initiator?: string
 }
 
 /**
@@ -163,6 +165,7 @@ export class CinderVolumeService implements VolumeService {
       stateTransitionTimeoutSeconds: settings.stateTransitionTimeoutSeconds,
       host: this.host,
       ip: this.options.ip ?? hostIp(),
+      ...(this.options.initiator === undefined ? {} : { initiator: this.options.initiator }),
       ...(settings.endpointOverride === undefined ? {} : { endpointOverride: settings.endpointOverride }),
       ...(settings.maxMicroversion === undefined ? {} : { maxMicroversion: settings.maxMicroversion }),
     })
