@@ -4,7 +4,8 @@
 Called by scripts/openstack/up once Keystone answers. Reads its settings
 from the environment (set by up): KS_URL, CINDER_URL, REGION, BACKEND,
 ADMIN_PASSWORD, CINDER_PASSWORD, GLANCE_PASSWORD, MEMBER_PASSWORD,
-WAIT_SECONDS, and RBD_BACKEND (empty: none) for the volume type `rbd`. Raw REST over keystoneauth1 (a Cinder dependency) keeps it to
+WAIT_SECONDS, RBD_BACKEND (empty: none) for the volume type `rbd` and
+ISCSI_BACKEND (empty: none) for the volume type `iscsi`. Raw REST over keystoneauth1 (a Cinder dependency) keeps it to
 one Python process instead of many slow CLI calls.
 """
 import os
@@ -92,7 +93,8 @@ H = {'OpenStack-API-Version': 'volume 3.50'}
 volume_ep = env['CINDER_URL'] + '/v3/' + admin.get_project_id()
 deadline = time.monotonic() + float(env['WAIT_SECONDS'])
 RBD_BACKEND = env.get('RBD_BACKEND', '')
-wanted = ['cinder-test@' + b for b in (BACKEND, RBD_BACKEND) if b]
+ISCSI_BACKEND = env.get('ISCSI_BACKEND', '')
+wanted = ['cinder-test@' + b for b in (BACKEND, RBD_BACKEND, ISCSI_BACKEND) if b]
 while True:
     try:
         services = admin.get(volume_ep + '/os-services', headers=H,
@@ -123,9 +125,10 @@ if 'multiattach' not in types:
     admin.post(volume_ep + '/types', headers=H, json={'volume_type': {
         'name': 'multiattach', 'extra_specs': {
             'volume_backend_name': BACKEND, 'multiattach': '<is> True'}}})
-if RBD_BACKEND and 'rbd' not in types:
-    admin.post(volume_ep + '/types', headers=H, json={'volume_type': {
-        'name': 'rbd', 'extra_specs': {'volume_backend_name': RBD_BACKEND}}})
+for name, backend in (('rbd', RBD_BACKEND), ('iscsi', ISCSI_BACKEND)):
+    if backend and name not in types:
+        admin.post(volume_ep + '/types', headers=H, json={'volume_type': {
+            'name': name, 'extra_specs': {'volume_backend_name': backend}}})
 # back to the raised defaults of cinder.conf (a test may have lowered them)
 for p in (service_p, members_p):
     admin.delete(volume_ep + '/os-quota-sets/' + p['id'], headers=H)

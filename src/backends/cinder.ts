@@ -18,6 +18,8 @@ export interface CinderBackendOptions {
   ip?: string
   /** Retries deleting a volume whose create failed (Cinder refuses while it is still `creating`); without one that is only logged. */
   janitor?: Janitor
+  /** The connector's iSCSI initiator IQN: iSCSI drivers export volumes to it (default: none sent). */
+  initiator?: string
 }
 
 /**
@@ -165,6 +167,7 @@ export class CinderVolumeService implements VolumeService {
       stateTransitionTimeoutSeconds: settings.stateTransitionTimeoutSeconds,
       host: this.host,
       ip: this.options.ip ?? hostIp(),
+      ...(this.options.initiator === undefined ? {} : { initiator: this.options.initiator }),
       ...(settings.endpointOverride === undefined ? {} : { endpointOverride: settings.endpointOverride }),
       ...(settings.maxMicroversion === undefined ? {} : { maxMicroversion: settings.maxMicroversion }),
     })

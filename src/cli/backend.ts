@@ -2,6 +2,7 @@ import fs from 'node:fs'
 import { defaults, type Config } from '../config/config.js'
 import { openStackSettings } from '../config/openstack.js'
 import type { Connector } from '../connectors/connector.js'
+import { defaultInitiatorName, IscsiConnector, isIqn } from '../connectors/iscsi.js'
 import { LocalConnector } from '../connectors/local.js'
 import { RbdConnector } from '../connectors/rbd.js'
 import { ConfigError, errorCode, errorMessage } from '../errors/errors.js'
@@ -36,7 +37,8 @@ export async function openBackend(config: Config, logger: Logger, janitor: Janit
           ...(config.stateTimeoutSeconds === undefined ? {} : { stateTransitionTimeoutSeconds: config.stateTimeoutSeconds }),
         },
       })
-      const service = new CinderVolumeService({ settings, logger, host: config.host, janitor })
+      const initiator = iscsiInitiator(config)
+      const service = new CinderVolumeService({ settings, logger, host: config.host, initiator, janitor })
       let project: string | undefined
       try {
         // Authenticate now: wrong credentials are a configuration mistake, said once, at mount.
@@ -49,8 +51,16 @@ export async function openBackend(config: Config, logger: Logger, janitor: Janit
       }
       const imageOwner = config.imageOwner ?? project
       if (imageOwner === undefined) throw new ConfigError('--image-owner: the token names no project; give the project id that should own the images')
-      // Cinder's drivers hand out local block devices (LVM, the test driver) or librbd names (Ceph).
-      return { service, connectors: [new LocalConnector({ allowRegularFiles: false }), new RbdConnector({ keyringDir: config.cephKeyringDir })], imageOwner }
+      // Cinder's drivers hand out local block devices (the test driver), librbd names (Ceph) or iSCSI targets (LVM, arrays).
+      const connectors = [new LocalConnector({ allowRegularFiles: false }), new RbdConnector({ keyringDir: config.cephKeyringDir }), new IscsiConnector({ initiator })]
+      return { service, connectors, imageOwner }
     }
   }
+}
+
+/** The IQN we log in as; Cinder exports iSCSI volumes to the `initiator` it is given, so both must be this one. */
+function iscsiInitiator(config: Config): string {
+  if (config.iscsiInitiator === undefined) return defaultInitiatorName(config.host)
+  if (!isIqn(config.iscsiInitiator)) throw new ConfigError(`--iscsi-initiator: '${config.iscsiInitiator}' is not an iSCSI name such as iqn.2026-12.com.example:host`)
+  return config.iscsiInitiator
 }

@@ -86,6 +86,10 @@ OPTIONS
     --ceph-keyring-dir DIR
         Where <cluster>.client.<user>.keyring files are, for volumes Cinder
         serves from Ceph RBD (default /etc/ceph).
+    --iscsi-initiator IQN
+        The iSCSI initiator name cinderfs logs in as and gives Cinder, which
+        exports iSCSI volumes to it (default: InitiatorName of
+        /etc/iscsi/initiatorname.iscsi, else iqn.2026-12.io.cinderfs:HOST).
     --image-owner ID
         image_owner of new images (default: the project of the OpenStack
         account, as Glance records it; cinderfs with the local backend).

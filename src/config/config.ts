@@ -43,6 +43,8 @@ export interface Config {
   maxMicroversion: string | undefined
   /** rbd connector: where `<cluster>.client.<user>.keyring` files are (Cinder never sends the key). */
   cephKeyringDir: string
+  /** iscsi connector: our initiator IQN; undefined: the host's open-iscsi one, else derived from `host`. */
+  iscsiInitiator: string | undefined
   /** Host name this daemon attaches as; recovery cleans up only what this host left. */
   host: string
   /** Owner and group shown for images that carry none. */

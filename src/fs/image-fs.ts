@@ -38,6 +38,7 @@ export interface ImageFsOptions {
 
 /** Log lines tests and operators wait for. */
 export const fsMessages = {
+  uploadStarted: 'upload started',
   refusedFinal: 'refused: finalised images are read-only',
   refusedNotRegular: 'refused: cinderfs holds only regular image files',
   unlinkedOpen: 'open image unlinked; deleting it when its last handle closes',
@@ -130,6 +131,7 @@ export class ImageFs {
     const upload = new Upload({ volumeId, name, volume, writeBuffer: this.o.writeBuffer, chunks: this.uploadChunks, logger: this.o.logger })
     const image = new OpenImage(volumeId, { kind: 'writing', upload })
     this.images.set(volumeId, image)
+    this.log.info({ volumeId, name }, fsMessages.uploadStarted)
     return this.handles.open(image, 'write').id
   }
 
@@ -352,6 +354,8 @@ export class ImageFs {
   async shutdown(): Promise<void> {
     this.stopping = true
     await Promise.all(this.creating)
+    // The mount is gone: no reader will release, and a seal must not wait for one.
+    for (const image of this.images.values()) image.releaseRead()
     await Promise.all([...this.images.values()].map(async image => {
       if (image.phase.kind === 'final' && image.writers === 0) await this.seal(image)
       else await image.exclusive(async () => this.drop(image, 'cinderfs is stopping'))

@@ -38,7 +38,7 @@ export interface ImageLifecycleOptions {
 
 /** Log lines tests and operators wait for. */
 export const lifecycleMessages = {
-  begun: 'upload started',
+  begun: 'image volume created for an upload',
   completed: 'image finalised',
   reopened: 'finalised image reopened for writing',
   sealed: 'image sealed read-only',

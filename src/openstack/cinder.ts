@@ -30,6 +30,8 @@ export interface CinderOptions {
   host: string
   /** The connector's `ip`. */
   ip: string
+  /** The connector's `initiator` (our iSCSI IQN), which iSCSI targets admit. */
+  initiator?: string
 }
 
 export interface CinderVolume {
@@ -348,7 +350,9 @@ export class CinderClient {
 
   /** What os-brick's get_connector_properties would send; `host` is mandatory (Cinder answers 500 without it). */
   private connector(mode: AttachMode): Json {
-    return { host: this.options.host, ip: this.options.ip, platform: os.machine(), os_type: process.platform, multipath: false, mode }
+    const { host, ip, initiator } = this.options
+    // multipath: true makes iSCSI drivers send every portal (target_portals), which the iscsi connector fails over between.
+    return { host, ip, ...(initiator === undefined ? {} : { initiator }), platform: os.machine(), os_type: process.platform, multipath: true, mode }
   }
 
   // ---------------------------------------------------------- plumbing

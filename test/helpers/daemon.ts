@@ -20,6 +20,15 @@ const cli = path.join(__dirname, '..', '..', '..', 'bin', 'cinderfs')
 export const backend: BackendName = process.env.CINDERFS_TEST_BACKEND === 'cinder' ? 'cinder' : 'local'
 export type BackendName = 'local' | 'cinder'
 
+/**
+ * The rig's volume type the cinder daemons put images on:
+ * CINDERFS_TEST_VOLUME_TYPE (e.g. `iscsi`, the tgtd backend that only the
+ * libiscsi connector reaches), else the default type (loop devices).
+ */
+export const volumeType: string | undefined = process.env.CINDERFS_TEST_VOLUME_TYPE || undefined
+/** startDaemon's arguments for volumeType. */
+export const volumeTypeArgs: string[] = volumeType === undefined ? [] : ['--volume-type', volumeType]
+
 /** Why the file-system tests cannot run on this backend here, or false (tap's `skip`). */
 export function needsBackend(on: BackendName = backend): string | false {
   const fuse = needsFuse()
@@ -105,7 +114,7 @@ export async function workspace(t: TapLike, on: BackendName = backend): Promise<
  * `cwd` is where the daemon runs (its ./clouds.yaml for --os-cloud; default the workspace).
  */
 export async function startDaemon(ws: Workspace, args: string[] = [], options: { cwd?: string } = {}): Promise<Daemon> {
-  const backendArgs = ws.cloud === undefined ? ['--local-dir', ws.localDir] : ['--backend', 'cinder', '--os-cloud', ws.cloud.cloud]
+  const backendArgs = ws.cloud === undefined ? ['--local-dir', ws.localDir] : ['--backend', 'cinder', '--os-cloud', ws.cloud.cloud, ...volumeTypeArgs]
   const child = spawn(process.execPath, [cli, 'mount', ws.mountpoint, ...backendArgs, '--log-level', 'debug', ...args], { stdio: ['ignore', 'ignore', 'pipe'], cwd: options.cwd ?? ws.root })
   let logs = ''
   const waiters = new Set<() => void>()
