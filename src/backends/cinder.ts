@@ -2,6 +2,7 @@ import os from 'node:os'
 import type { Logger } from 'pino'
 import type { OpenStackSettings } from '../config/openstack.js'
 import { CinderfsError } from '../errors/errors.js'
+import type { Janitor } from '../janitor/janitor.js'
 import { ADMIN_METADATA_KEYS, CinderClient, FEATURES, isReadOnly, type CinderVolume } from '../openstack/cinder.js'
 import { HttpClient } from '../openstack/http.js'
 import { KeystoneClient } from '../openstack/keystone.js'
@@ -15,6 +16,8 @@ export interface CinderBackendOptions {
   host?: string
   /** The connector's IP, which storage backends may use for access control (default: this host's first external IPv4 address). */
   ip?: string
+  /** Retries deleting a volume whose create failed (Cinder refuses while it is still `creating`); without one that is only logged. */
+  janitor?: Janitor
   /** The connector's iSCSI initiator IQN: iSCSI drivers export volumes to it (default: none sent). */
   initiator?: string
 }
@@ -67,12 +70,11 @@ export class CinderVolumeService implements VolumeService {
     try {
       return toVolume(await cinder.waitForStatus(created.id, ['creating'], 'available'))
     } catch (err) {
-      // a volume that never became available is ours to remove
-      try {
-        await cinder.deleteVolume(created.id)
-      } catch (cleanup) {
-        this.logger.warn({ volumeId: created.id, err: cleanup }, 'could not delete the failed volume')
-      }
+      // A volume that never became available is ours to remove; one stuck in
+      // `creating` (cinder-volume down) can only go once Cinder lets it.
+      const step = { volumeId: created.id, call: 'delete volume', run: async () => cinder.deleteVolume(created.id) }
+      if (this.options.janitor !== undefined) await this.options.janitor.attempt(step)
+      else await step.run().catch((cleanup: unknown) => { this.logger.warn({ volumeId: created.id, err: cleanup }, 'could not delete the failed volume') })
       throw err
     }
   }

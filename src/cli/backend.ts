@@ -6,6 +6,7 @@ import { defaultInitiatorName, IscsiConnector, isIqn } from '../connectors/iscsi
 import { LocalConnector } from '../connectors/local.js'
 import { RbdConnector } from '../connectors/rbd.js'
 import { ConfigError, errorCode, errorMessage } from '../errors/errors.js'
+import type { Janitor } from '../janitor/janitor.js'
 import type { Logger } from '../log/logger.js'
 import { CinderVolumeService } from '../backends/cinder.js'
 import { LocalVolumeService } from '../backends/local.js'
@@ -19,7 +20,7 @@ export interface Backend {
 }
 
 /** The composition of a backend and the connectors its connection infos need. */
-export async function openBackend(config: Config, logger: Logger): Promise<Backend> {
+export async function openBackend(config: Config, logger: Logger, janitor: Janitor): Promise<Backend> {
   switch (config.backend) {
     case 'local': {
       const useLoopDevices = process.getuid?.() === 0 && fs.existsSync('/dev/loop-control')
@@ -33,10 +34,11 @@ export async function openBackend(config: Config, logger: Logger): Promise<Backe
         overrides: {
           ...(config.volumeType === undefined ? {} : { volumeType: config.volumeType }),
           ...(config.maxMicroversion === undefined ? {} : { maxMicroversion: config.maxMicroversion }),
+          ...(config.stateTimeoutSeconds === undefined ? {} : { stateTransitionTimeoutSeconds: config.stateTimeoutSeconds }),
         },
       })
       const initiator = iscsiInitiator(config)
-      const service = new CinderVolumeService({ settings, logger, host: config.host, initiator })
+      const service = new CinderVolumeService({ settings, logger, host: config.host, initiator, janitor })
       let project: string | undefined
       try {
         // Authenticate now: wrong credentials are a configuration mistake, said once, at mount.

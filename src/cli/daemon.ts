@@ -7,6 +7,7 @@ import { ConnectorRegistry } from '../connectors/registry.js'
 import { errorMessage } from '../errors/errors.js'
 import { ImageFs } from '../fs/image-fs.js'
 import { ImageLifecycle } from '../image/lifecycle.js'
+import { Janitor } from '../janitor/janitor.js'
 import { systemClock } from '../model/clock.js'
 import { fuseOperations } from '../fuse/fuse-adapter.js'
 import { isMounted, mountFuse } from '../fuse/mount.js'
@@ -20,19 +21,23 @@ const mountCheckMs = 2000
 
 /** Builds the layers, recovers, mounts, and runs until SIGINT/SIGTERM or an outside unmount. Resolves with the exit code. */
 export async function runMount(config: Config, log: Logger): Promise<number> {
-  const backend = await openBackend(config, log)
+  const janitor = new Janitor({ logger: log })
+  const apiRetryWindowMs = config.apiRetryWindowSeconds * 1000
+  const backend = await openBackend(config, log, janitor)
   const { service } = backend
   const attachments = new AttachmentManager({
-    service, connectors: new ConnectorRegistry(backend.connectors), idleDetachMs: config.idleDetachSeconds * 1000, logger: log,
+    service, connectors: new ConnectorRegistry(backend.connectors), idleDetachMs: config.idleDetachSeconds * 1000, logger: log, janitor,
   })
   const cache = new BlockCache({ budgetBytes: config.cacheSize, blockSize: config.blockSize, readaheadBytes: config.readahead })
   const store = new ImageStore({ service, logger: log, listTtlMs: config.listTtlSeconds * 1000, owner: { uid: config.uid, gid: config.gid } })
   const lifecycle = new ImageLifecycle({
     service, store, attachments, cache, logger: log, imageOwner: backend.imageOwner, host: config.host, uid: config.uid, gid: config.gid,
+    janitor, apiRetryWindowMs,
   })
   const fs = new ImageFs({
     service, store, lifecycle, attachments, cache, logger: log, clock: systemClock, readOnly: config.readOnly,
     writeBuffer: config.writeBuffer, sealDelayMs: config.sealDelaySeconds * 1000, uid: config.uid, gid: config.gid,
+    apiRetryWindowMs,
   })
   const metrics = new Metrics()
   try {
@@ -48,7 +53,7 @@ export async function runMount(config: Config, log: Logger): Promise<number> {
     blockSize: formatSize(config.blockSize), readahead: formatSize(config.readahead), host: config.host,
   }, 'mounted')
 
-  const report = (): void => { log.info({ metrics: metrics.snapshot(), cache: cache.stats }, 'metrics') }
+  const report = (): void => { log.info({ metrics: metrics.snapshot(), cache: cache.stats, pendingCleanups: janitor.size }, 'metrics') }
   process.on('SIGUSR2', report)
   return new Promise<number>(resolve => {
     let stopping = false
@@ -68,6 +73,11 @@ export async function runMount(config: Config, log: Logger): Promise<number> {
         for (const [step, work] of [
           ['unmount', async () => { if (signal !== 'unmounted') await mount.unmount() }],
           ['shutdown', async () => fs.shutdown()],
+          // Bounded: what is still pending after the window is logged, one line each, and the next start's recovery does it.
+          ['cleanups', async () => {
+            const left = await janitor.drain(apiRetryWindowMs)
+            if (left > 0) throw new Error(`${left} cleanup step(s) left for recovery at the next start`)
+          }],
           ['backend', async () => service.close()],
           ['pidfile', async () => removePidFile(config.mountpoint)],
         ] as const) {

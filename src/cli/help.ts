@@ -20,6 +20,15 @@ DESCRIPTION
     mount runs in the foreground until SIGINT or SIGTERM, then fails uploads
     still being written, detaches every volume, unmounts and exits 0.
 
+    Outages: a cleanup step that fails (a detach, a volume delete, marking an
+    image read-only) is retried with backoff while the daemon runs, and at
+    stop for at most --api-retry-window; what is still left then is logged,
+    one line each, and the next start's recovery does it (exit status 1).
+    The calls an upload needs (create, grow, attach, final metadata) retry
+    through an outage of up to --api-retry-window while writes wait in the
+    write buffer; past it the writer gets EIO. Reading an image that is not
+    attached yet fails at once with EIO while Cinder cannot be reached.
+
 OPTIONS
     --backend local|cinder
         Where volumes live. local (the default) keeps them as sparse files
@@ -49,6 +58,15 @@ OPTIONS
         Writes held in memory while a volume grows (default 256M).
     --list-ttl SECONDS
         How long a volume listing is trusted (default 5).
+    --api-retry-window SECONDS
+        How long each OpenStack call an upload needs keeps retrying a
+        refused connection or a 5xx (a service restart) before the writer
+        gets EIO (default 60); also how long the janitor may finish pending
+        cleanups at stop.
+    --cinder-state-timeout SECONDS
+        cinder backend: how long a volume may take to be created, extended
+        or deleted (default 300, or cinder_state_transition_timeout of
+        --glance-config).
     --os-cloud NAME
         cinder backend: the cloud of clouds.yaml to use (./clouds.yaml,
         ~/.config/openstack/clouds.yaml, /etc/openstack/clouds.yaml).
@@ -93,7 +111,8 @@ SIZES
     Bytes, or a number with K, M, G or T (powers of 1024): 512K, 1M, 2G.
 
 EXIT STATUS
-    0 on a clean stop, 1 on a failure while running, 2 for bad flags or
+    0 on a clean stop, 1 on a failure while running or cleanups left for
+    the next start, 2 for bad flags or
     configuration (one line on stderr says which).
 
 EXAMPLES

@@ -24,6 +24,10 @@ export interface Config {
   writeBuffer: number
   /** How long a volume listing is trusted before it is fetched again. */
   listTtlSeconds: number
+  /** How long each backend call an upload needs retries through an outage; also the janitor's time at stop. */
+  apiRetryWindowSeconds: number
+  /** cinder backend: how long a create, extend or delete may take (overrides cinder_state_transition_timeout). */
+  stateTimeoutSeconds: number | undefined
   allowOther: boolean
   readOnly: boolean
   logLevel: string
@@ -63,6 +67,7 @@ export const defaults = {
   sealDelaySeconds: 10,
   writeBuffer: 256 * 1024 ** 2,
   listTtlSeconds: 5,
+  apiRetryWindowSeconds: 60,
   logLevel: 'info',
   localImageOwner: 'cinderfs',
   cephKeyringDir: '/etc/ceph',
@@ -82,11 +87,13 @@ export function validateConfig(config: Config): Config {
   if (!Number.isFinite(config.idleDetachSeconds) || config.idleDetachSeconds < 0) throw new ConfigError('--idle-detach: must be a number of seconds, 0 or more')
   if (!Number.isFinite(config.sealDelaySeconds) || config.sealDelaySeconds < 0 || config.sealDelaySeconds > 86_400) throw new ConfigError('--seal-delay: must be a number of seconds from 0 to 86400')
   if (!Number.isFinite(config.listTtlSeconds) || config.listTtlSeconds < 0) throw new ConfigError('--list-ttl: must be a number of seconds, 0 or more')
+  if (!Number.isFinite(config.apiRetryWindowSeconds) || config.apiRetryWindowSeconds < 0) throw new ConfigError('--api-retry-window: must be a number of seconds, 0 or more')
+  if (config.stateTimeoutSeconds !== undefined && !(config.stateTimeoutSeconds >= 1)) throw new ConfigError('--cinder-state-timeout: must be at least 1 second')
   if (!logLevels.includes(config.logLevel)) throw new ConfigError(`--log-level: '${config.logLevel}' is not one of ${logLevels.join(', ')}`)
   if (config.imageOwner !== undefined && (config.imageOwner === '' || config.imageOwner.length > 255)) throw new ConfigError('--image-owner: must be 1 to 255 characters')
   if (config.host === '') throw new ConfigError('--host: must not be empty')
-  if (config.backend === 'local' && (config.osCloud ?? config.glanceConfig ?? config.volumeType ?? config.maxMicroversion) !== undefined) {
-    throw new ConfigError('--os-cloud, --glance-config, --volume-type and --os-max-microversion need --backend cinder')
+  if (config.backend === 'local' && (config.osCloud ?? config.glanceConfig ?? config.volumeType ?? config.maxMicroversion ?? config.stateTimeoutSeconds) !== undefined) {
+    throw new ConfigError('--os-cloud, --glance-config, --volume-type, --os-max-microversion and --cinder-state-timeout need --backend cinder')
   }
   if (config.maxMicroversion !== undefined && !/^3\.\d{1,3}$/.test(config.maxMicroversion)) {
     throw new ConfigError(`--os-max-microversion: '${config.maxMicroversion}' is not a Cinder v3 microversion such as 3.27`)

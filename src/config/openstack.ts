@@ -30,7 +30,7 @@ export interface OpenStackSources {
   glanceConfig?: string
   /** Section of a multi-store glance-api.conf (default: the first cinder backend). */
   glanceBackend?: string
-  overrides?: Partial<Pick<OpenStackSettings, 'endpointOverride' | 'volumeType' | 'availabilityZone' | 'maxMicroversion'>> & { region?: string, interface?: EndpointInterface }
+  overrides?: Partial<Pick<OpenStackSettings, 'endpointOverride' | 'volumeType' | 'availabilityZone' | 'maxMicroversion' | 'stateTransitionTimeoutSeconds'>> & { region?: string, interface?: EndpointInterface }
   env?: NodeJS.ProcessEnv
   /** Where ./clouds.yaml and ~/.config/openstack are looked up (tests). */
   cwd?: string
@@ -55,7 +55,7 @@ export function openStackSettings(sources: OpenStackSources = {}): OpenStackSett
   const o = sources.overrides ?? {}
   return {
     ...settings,
-    ...defined({ endpointOverride: o.endpointOverride, volumeType: o.volumeType, availabilityZone: o.availabilityZone, maxMicroversion: o.maxMicroversion }),
+    ...defined({ endpointOverride: o.endpointOverride, volumeType: o.volumeType, availabilityZone: o.availabilityZone, maxMicroversion: o.maxMicroversion, stateTransitionTimeoutSeconds: o.stateTransitionTimeoutSeconds }),
     endpoint: { ...settings.endpoint, ...defined({ region: o.region, interface: o.interface }) },
   }
 }

@@ -363,14 +363,15 @@ export class CinderClient {
   }
 
   private async call(method: 'GET' | 'POST' | 'PUT' | 'DELETE', path: string, request: { body?: unknown, idempotent?: boolean, context?: Record<string, string> }): Promise<HttpResponse> {
-    return await this.options.keystone.withToken(token => this.options.http.send({
+    return await this.options.http.send({
       method,
       url: this.base + path,
-      headers: { 'X-Auth-Token': token.id, 'OpenStack-API-Version': `volume ${formatMicroversion(this.microversion)}` },
+      headers: { 'OpenStack-API-Version': `volume ${formatMicroversion(this.microversion)}` },
+      auth: this.options.keystone.authenticator(),
       body: request.body,
       idempotent: request.idempotent ?? method !== 'POST',
       ...(request.context === undefined ? {} : { context: request.context }),
-    }))
+    })
   }
 
   private async poll(volumeId: string, done: () => Promise<boolean>): Promise<void> {
@@ -404,7 +405,7 @@ function checkStatus(volume: CinderVolume, transitional: string[], target: strin
 async function discover(http: HttpClient, keystone: KeystoneClient, base: string): Promise<{ min: Microversion, max: Microversion }> {
   // The versioned root (…/v3/) works behind any path prefix; Cinder wants a token there.
   const root = base.replace(/\/v3(\/.*)?$/, '') + '/v3/'
-  const reply = await keystone.withToken(token => http.send({ method: 'GET', url: root, headers: { 'X-Auth-Token': token.id }, idempotent: true, accept: [300] }))
+  const reply = await http.send({ method: 'GET', url: root, auth: keystone.authenticator(), idempotent: true, accept: [300] })
   const versions = array(object(reply.data, 'version document').versions, 'versions').map(v => object(v, 'version'))
   const v3 = versions.find(v => optionalString(v, 'id')?.startsWith('v3') === true)
   if (v3 === undefined) fail('EIO', `Cinder at ${base} does not offer API v3`)

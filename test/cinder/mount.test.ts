@@ -2,7 +2,7 @@ import fs from 'node:fs/promises'
 import path from 'node:path'
 import t, { type Test } from 'tap'
 import { parse as parseYaml, stringify as toYaml } from 'yaml'
-import { loopsOf, randomFile, startDaemon, volumes, volumeType, workspace, type Daemon, type Workspace } from '../helpers/daemon.js'
+import { attachmentsOf, loopsOf, randomFile, startDaemon, volumes, volumeType, workspace, type Daemon, type Workspace } from '../helpers/daemon.js'
 import { CLOUDS, openStackSuite, STATE_DIR } from '../helpers/openstack.js'
 import { needsFuse } from '../helpers/requirements.js'
 import { run, sh, sha256 } from '../helpers/shell.js'
@@ -20,15 +20,6 @@ const skip = suite.skip === false ? needsFuse() : suite.skip
 async function cinderMount(t: Test, args: string[] = []): Promise<{ ws: Workspace, daemon: Daemon }> {
   const ws = await workspace(t, 'cinder')
   return { ws, daemon: await startDaemon(ws, args) }
-}
-
-/** Attachments Cinder still lists on the workspace's volumes. */
-async function attachmentsOf(ws: Workspace): Promise<string[]> {
-  const cinder = await ws.cloud?.service.client()
-  if (cinder === undefined) throw new Error('not a cinder workspace')
-  const out: string[] = []
-  for (const volume of await volumes(ws)) out.push(...(await cinder.showVolume(volume.id)).attachments.map(a => `${volume.name}: ${a.id} (${a.hostName ?? '?'})`))
-  return out
 }
 
 t.test('a wrong password: cinderfs mount prints one clear line and exits 2', { skip }, async t => {
