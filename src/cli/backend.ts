@@ -1,6 +1,6 @@
 import fs from 'node:fs'
 import { defaults, type Config } from '../config/config.js'
-import { openStackSettings } from '../config/openstack.js'
+import { openStackSettings, type OpenStackSettings } from '../config/openstack.js'
 import type { Connector } from '../connectors/connector.js'
 import { LocalConnector } from '../connectors/local.js'
 import { RbdConnector } from '../connectors/rbd.js'
@@ -9,6 +9,10 @@ import type { Logger } from '../log/logger.js'
 import { CinderVolumeService } from '../backends/cinder.js'
 import { LocalVolumeService } from '../backends/local.js'
 import type { VolumeService } from '../backends/volume-service.js'
+import { GlanceClient, IMAGE_SERVICE_TYPES } from '../glance/client.js'
+import { Registrar } from '../glance/registration.js'
+import { HttpClient } from '../openstack/http.js'
+import { KeystoneClient } from '../openstack/keystone.js'
 
 export interface Backend {
   service: VolumeService
@@ -26,14 +30,7 @@ export async function openBackend(config: Config, logger: Logger): Promise<Backe
       return { service, connectors: [new LocalConnector({ allowRegularFiles: !useLoopDevices })], imageOwner: config.imageOwner ?? defaults.localImageOwner }
     }
     case 'cinder': {
-      const settings = openStackSettings({
-        ...(config.osCloud === undefined ? {} : { osCloud: config.osCloud }),
-        ...(config.glanceConfig === undefined ? {} : { glanceConfig: config.glanceConfig }),
-        overrides: {
-          ...(config.volumeType === undefined ? {} : { volumeType: config.volumeType }),
-          ...(config.maxMicroversion === undefined ? {} : { maxMicroversion: config.maxMicroversion }),
-        },
-      })
+      const settings = settingsOf(config)
       const service = new CinderVolumeService({ settings, logger, host: config.host })
       let project: string | undefined
       try {
@@ -50,5 +47,47 @@ export async function openBackend(config: Config, logger: Logger): Promise<Backe
       // Cinder's drivers hand out local block devices (LVM, the test driver) or librbd names (Ceph).
       return { service, connectors: [new LocalConnector({ allowRegularFiles: false }), new RbdConnector({ keyringDir: config.cephKeyringDir })], imageOwner }
     }
+  }
+}
+
+function settingsOf(config: Config): OpenStackSettings {
+  return openStackSettings({
+    ...(config.osCloud === undefined ? {} : { osCloud: config.osCloud }),
+    ...(config.glanceConfig === undefined ? {} : { glanceConfig: config.glanceConfig }),
+    overrides: {
+      ...(config.volumeType === undefined ? {} : { volumeType: config.volumeType }),
+      ...(config.maxMicroversion === undefined ? {} : { maxMicroversion: config.maxMicroversion }),
+    },
+  })
+}
+
+export interface GlanceRegistration {
+  registrar: Registrar
+  /** Where Glance is, for error lines. */
+  endpoint: string
+  close(): void
+}
+
+/**
+ * Glance for registration, as the same OpenStack account as the backend: the
+ * one glance_store uses, so the images and their volumes share a project.
+ */
+export async function openRegistration(config: Config, dryRun: boolean, logger: Logger): Promise<GlanceRegistration> {
+  const settings = settingsOf(config)
+  const http = new HttpClient({ logger, tls: settings.tls })
+  try {
+    const keystone = new KeystoneClient({ authUrl: settings.authUrl, credentials: settings.credentials, http, logger })
+    const glance = await GlanceClient.connect({
+      keystone, http, logger,
+      endpoint: { serviceTypes: IMAGE_SERVICE_TYPES, interface: settings.endpoint.interface, ...(settings.endpoint.region === undefined ? {} : { region: settings.endpoint.region }) },
+      ...(config.glanceUrl === undefined ? {} : { endpointOverride: config.glanceUrl }),
+    })
+    const registrar = new Registrar({ glance, logger, store: config.glanceStore ?? settings.glanceStore, retire: config.retire, dryRun })
+    return { registrar, endpoint: glance.base, close: () => { http.close() } }
+  } catch (err) {
+    http.close()
+    const code = errorCode(err)
+    if (code === 'EACCES') throw new ConfigError(`cannot use OpenStack (${settings.source}): ${errorMessage(err)}`)
+    throw err
   }
 }

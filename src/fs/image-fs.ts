@@ -25,6 +25,8 @@ export interface ImageFsOptions {
   host: string
   uid: number
   gid: number
+  /** Told when an image is sealed or renamed, e.g. to register it in Glance; never awaited. */
+  imageReady?: (volumeId: string) => void
 }
 
 /** The I/O size we advertise (st_blksize); FUSE moves at most 128 KiB per request with libfuse2. */
@@ -181,7 +183,7 @@ export class ImageFs {
       }
     }
     // Complete already; the read-only flag only guards it from other writers.
-    await upload.seal().catch((err: unknown) => {
+    await upload.seal().then(() => { this.o.imageReady?.(upload.volumeId) }, (err: unknown) => {
       this.log.warn({ volumeId: upload.volumeId, err: errorMessage(err) }, 'marking the image read-only failed')
     })
   }
@@ -260,6 +262,7 @@ export class ImageFs {
       if (upload.isOpen) this.o.store.pin(toName)
     }
     this.log.info({ volumeId, from: source.name, to: toName, replaces: replaced?.volume.id }, 'renamed')
+    if (upload === undefined || !upload.isOpen) this.o.imageReady?.(volumeId)
     // Only now that the new image stands under the name is the old one deleted.
     if (replaced !== undefined && replaced.volume.id !== volumeId) {
       await this.destroy(replaced).catch((err: unknown) => {
