@@ -4,13 +4,15 @@ import { parseArgs } from 'node:util'
 import { defaultLocalDir, defaults, validateConfig, type BackendKind, type Config } from '../config/config.js'
 import { parseSize } from '../config/sizes.js'
 import { ConfigError, errorMessage } from '../errors/errors.js'
+import { isUuid } from '../store/names.js'
 
 export type Command =
   | { kind: 'help' }
   | { kind: 'version' }
   | { kind: 'mount', config: Config }
   | { kind: 'unmount', mountpoint: string }
-  | { kind: 'register', config: Config, dryRun: boolean }
+  /** `imageIds` empty: every image volume named by an image id. */
+  | { kind: 'register', config: Config, dryRun: boolean, imageIds: string[] }
 
 const options = {
   backend: { type: 'string' },
@@ -56,11 +58,13 @@ export function parseCommand(argv: string[]): Command {
   if (verb === undefined) throw new ConfigError('missing command: mount, unmount or register (see cinderfs --help)')
   if (verb !== 'mount' && verb !== 'unmount' && verb !== 'register') throw new ConfigError(`unknown command '${verb}': use mount, unmount or register (see cinderfs --help)`)
   if (verb === 'register') {
-    if (mountpoint !== undefined) throw new ConfigError(`register: unexpected argument '${mountpoint}' (it takes the backend's flags, not a mount point)`)
+    const imageIds = positionals.slice(1)
+    const bad = imageIds.find(id => !isUuid(id))
+    if (bad !== undefined) throw new ConfigError(`register: '${bad}' is not a Glance image id (it takes image ids and the backend's flags, not a mount point)`)
     if (values['glance-register'] === true) throw new ConfigError('--glance-register is a mount option; register registers every image anyway')
     const config = configOf(values, '')
     if (config.backend !== 'cinder') throw new ConfigError('register: Glance serves images from Cinder only: give --backend cinder')
-    return { kind: 'register', config, dryRun: values['dry-run'] ?? false }
+    return { kind: 'register', config, dryRun: values['dry-run'] ?? false, imageIds }
   }
   if (mountpoint === undefined) throw new ConfigError(`${verb}: missing MOUNTPOINT`)
   if (extra.length > 0) throw new ConfigError(`${verb}: unexpected argument '${extra[0]}'`)

@@ -39,7 +39,7 @@ async function main(argv: string[]): Promise<number> {
     case 'register': {
       const log = createLogger(command.config.logLevel)
       try {
-        return await runRegister(command.config, command.dryRun, log, line => { process.stdout.write(`${line}\n`) })
+        return await runRegister(command.config, { dryRun: command.dryRun, imageIds: command.imageIds }, log, line => { process.stdout.write(`${line}\n`) })
       } catch (err) {
         if (err instanceof ConfigError) return usageError(err)
         process.stderr.write(`cinderfs register: ${errorMessage(err)}\n`)

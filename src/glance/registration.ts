@@ -13,9 +13,11 @@ import type { GlanceClient, GlanceImage, GlanceLocation } from './client.js'
  * - not-in-glance: Glance does not know the image id (or it is deleted); left alone
  * - no-hashes: cinderfs has no md5/sha512 for the volume (not written through
  *   cinderfs, or not sealed yet); nothing to compare, left alone
+ * - empty: a 0-byte image; Glance takes a location of size 0 as invalid, so it
+ *   stays in its old store
  * - failed: Glance refused or could not be reached; see the reason
  */
-export type Outcome = 'registered' | 'already-there' | 'mismatch' | 'not-in-glance' | 'no-hashes' | 'failed'
+export type Outcome = 'registered' | 'already-there' | 'mismatch' | 'not-in-glance' | 'no-hashes' | 'empty' | 'failed'
 
 export interface Decision {
   imageId: string
@@ -111,6 +113,8 @@ export class Registrar {
     const attrs = decodeImage(volume, { uid: 0, gid: 0 })
     if (attrs.md5 === undefined || attrs.sha512 === undefined) return decide('no-hashes', 'the volume carries no cinderfs_md5/cinderfs_sha512 (not written through cinderfs)')
     if (!volume.readOnly) return decide('no-hashes', 'the volume is not sealed (read-only) yet')
+    // Glance's location check wants a size > 0 from the store (a 400 "Invalid location" otherwise)
+    if (attrs.size === 0) return decide('empty', 'a 0-byte image: Glance refuses a location of size 0; it stays in its old store')
     try {
       let image: GlanceImage
       try {
@@ -180,7 +184,7 @@ export function summarize(decisions: Decision[]): string {
   const retired = decisions.reduce((n, d) => n + d.retired.length, 0)
   const dry = decisions[0]?.dryRun === true ? ' (dry run: nothing changed)' : ''
   return `summary: ${decisions.length} images: ${count('registered')} registered, ${count('already-there')} already there, ` +
-    `${count('mismatch')} checksum mismatch, ${count('not-in-glance')} not in Glance, ${count('no-hashes')} no hashes, ` +
+    `${count('mismatch')} checksum mismatch, ${count('not-in-glance')} not in Glance, ${count('no-hashes')} no hashes, ${count('empty')} empty, ` +
     `${count('failed')} failed; ${retired} old locations retired${dry}`
 }
 
@@ -194,13 +198,13 @@ export const EXIT = {
   usage: 2,
   /** at least one image refused: its bytes are not the ones Glance recorded */
   mismatch: 3,
-  /** some images were left alone (not in Glance, no hashes); none failed or mismatched */
+  /** some images were left alone (not in Glance, no hashes, empty); none failed or mismatched */
   skipped: 4,
 } as const
 
 export function exitCodeOf(decisions: Decision[]): number {
   if (decisions.some(d => d.outcome === 'failed')) return EXIT.failed
   if (decisions.some(d => d.outcome === 'mismatch')) return EXIT.mismatch
-  if (decisions.some(d => d.outcome === 'not-in-glance' || d.outcome === 'no-hashes')) return EXIT.skipped
+  if (decisions.some(d => d.outcome === 'not-in-glance' || d.outcome === 'no-hashes' || d.outcome === 'empty')) return EXIT.skipped
   return EXIT.ok
 }
