@@ -151,21 +151,29 @@ export class Registrar {
   }
 
   /**
-   * Removes the other locations one PATCH at a time, each chosen from the list
-   * Glance answered last, so an index never points at a location that moved.
-   * Glance deletes the data behind each one.
+   * Removes the other locations one PATCH at a time. A remove names an index,
+   * and Glance reads the list back from its database for every request in no
+   * fixed order (PostgreSQL moves rows it updates; adding a location updates
+   * them), so the index is taken from a GET just before each remove, never
+   * from an earlier reply: a stale index could remove ours, and Glance
+   * deletes the data behind a removed location. Assumes Glance's default
+   * location_strategy (location_order), which shows the list as stored.
    */
   private async retire(image: GlanceImage, volumeId: string): Promise<string[]> {
     const others = (i: GlanceImage): Array<{ url: string, index: number }> =>
       i.locations.map((l, index) => ({ url: l.url, index })).filter(l => !namesVolume(l.url, volumeId))
     if (this.o.dryRun) return others(image).map(l => l.url)
     const retired: string[] = []
-    let current = image
-    // Ours stays listed throughout, so the one removed is never the last.
-    while (current.locations.some(l => namesVolume(l.url, volumeId))) {
+    for (;;) {
+      const current = await this.o.glance.image(image.id)
+      // Ours stays listed throughout, so the one removed is never the last.
+      if (!current.locations.some(l => namesVolume(l.url, volumeId))) break
       const next = others(current)[0]
       if (next === undefined) break
-      current = await this.o.glance.removeLocation(current.id, next.index)
+      const after = await this.o.glance.removeLocation(current.id, next.index)
+      if (after.locations.some(l => l.url === next.url) || !after.locations.some(l => namesVolume(l.url, volumeId))) {
+        throw new CinderfsError('EIO', `Glance removed another location than ${next.url} (index ${next.index}); stopped retiring`, { imageId: image.id, volumeId })
+      }
       retired.push(next.url)
       this.log.info({ imageId: current.id, volumeId, url: next.url }, 'old location retired (Glance deleted its data)')
     }
