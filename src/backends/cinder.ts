@@ -1,3 +1,4 @@
+import { randomUUID } from 'node:crypto'
 import os from 'node:os'
 import type { Logger } from 'pino'
 import type { OpenStackSettings } from '../config/openstack.js'
@@ -15,7 +16,18 @@ export interface CinderBackendOptions {
   host?: string
   /** The connector's IP, which storage backends may use for access control (default: this host's first external IPv4 address). */
   ip?: string
+  /**
+   * Create ahead: keep this many 1 GiB volumes made before they are needed,
+   * so a new image costs one rename instead of a create and its polls. Each
+   * spare carries `metadata` (the caller's marks of an unfinished upload of
+   * this host), so recovery after a crash deletes spares like any other
+   * unfinished upload. Default 0: none.
+   */
+  spares?: { count: number, metadata: Record<string, string> }
 }
+
+/** Spares are named so that no file name can collide with one. */
+const SPARE_PREFIX = 'image-.cinderfs-spare-'
 
 /**
  * The `cinder` backend: VolumeService on a real Cinder v3, authenticated
@@ -29,6 +41,9 @@ export class CinderVolumeService implements VolumeService {
   private readonly logger: Logger
   private connecting: Promise<CinderClient> | undefined
   private keystone: KeystoneClient | undefined
+  /** Spare volumes being made or ready, oldest first; each settles to undefined when it could not be made. */
+  private readonly spares: Array<Promise<CinderVolume | undefined>> = []
+  private closed = false
 
   constructor(options: CinderBackendOptions) {
     this.options = options
@@ -54,16 +69,43 @@ export class CinderVolumeService implements VolumeService {
 
   async create(request: CreateVolumeRequest): Promise<Volume> {
     const cinder = await this.client()
+    if (request.sizeGiB === 1 && (this.options.spares?.count ?? 0) > 0) {
+      const spare = await this.spares.shift()
+      this.refillSpares()
+      if (spare !== undefined) {
+        // One PUT names it and replaces the spare's marks with the image's metadata.
+        const taken = await cinder.renameAndReplaceMetadata(spare.id, request.name, request.metadata)
+        this.logger.debug({ volumeId: spare.id, volumeName: request.name }, 'spare volume taken')
+        return toVolume(taken)
+      }
+    }
+    return toVolume(await this.createAndWait(cinder, request.name, request.sizeGiB, request.metadata))
+  }
+
+  /** Keeps `spares.count` spare volumes made or in the making. */
+  private refillSpares(): void {
+    const wanted = this.options.spares
+    if (wanted === undefined || this.closed) return
+    while (this.spares.length < wanted.count) {
+      const name = `${SPARE_PREFIX}${randomUUID()}`
+      this.spares.push(this.client().then(async cinder => this.createAndWait(cinder, name, 1, wanted.metadata)).catch((err: unknown) => {
+        this.logger.warn({ volumeName: name, err }, 'could not make a spare volume; creating on demand')
+        return undefined
+      }))
+    }
+  }
+
+  private async createAndWait(cinder: CinderClient, name: string, sizeGiB: number, metadata: Record<string, string>): Promise<CinderVolume> {
     const { volumeType, availabilityZone } = this.options.settings
     const created = await cinder.createVolume({
-      name: request.name,
-      size: request.sizeGiB,
-      metadata: request.metadata,
+      name,
+      size: sizeGiB,
+      metadata,
       ...(volumeType === undefined ? {} : { volumeType }),
       ...(availabilityZone === undefined ? {} : { availabilityZone }),
     })
     try {
-      return toVolume(await cinder.waitForStatus(created.id, ['creating'], 'available'))
+      return await cinder.waitForStatus(created.id, ['creating'], 'available')
     } catch (err) {
       // a volume that never became available is ours to remove
       try {
@@ -98,10 +140,16 @@ export class CinderVolumeService implements VolumeService {
       else set[key] = value
     }
     if (Object.keys(set).length > 0) await cinder.mergeMetadata(volumeId, set)
-    if (remove.length === 0) return
-    // removing an absent key is a no-op, as in a merge; a missing volume is still ENOENT
-    const present = (await cinder.showVolume(volumeId)).metadata
-    for (const key of remove) if (key in present) await cinder.deleteMetadataKey(volumeId, key)
+    for (const key of remove) {
+      try {
+        await cinder.deleteMetadataKey(volumeId, key)
+      } catch (err) {
+        // Removing an absent key is a no-op, as in a merge; a missing volume is
+        // still ENOENT. Asking only on a 404 saves a GET per removal.
+        if (!(err instanceof CinderfsError && err.code === 'ENOENT')) throw err
+        await cinder.showVolume(volumeId)
+      }
+    }
   }
 
   async setReadOnly(volumeId: string, readOnly: boolean): Promise<void> {
@@ -146,7 +194,17 @@ export class CinderVolumeService implements VolumeService {
     return { totalBytes: quota.limit * GiB, freeBytes: Math.max(0, quota.limit - quota.used) * GiB }
   }
 
+  /** Deletes the spares (a clean stop leaves none), then closes the connections. */
   async close(): Promise<void> {
+    this.closed = true
+    const spares = this.spares.splice(0)
+    await Promise.all(spares.map(async pending => {
+      const spare = await pending
+      if (spare === undefined) return
+      await this.client().then(async cinder => cinder.deleteVolume(spare.id)).catch((err: unknown) => {
+        this.logger.warn({ volumeId: spare.id, err }, 'could not delete a spare volume; recovery at the next mount deletes it')
+      })
+    }))
     this.http.close()
   }
 

@@ -12,6 +12,7 @@ import type { VolumeService } from '../backends/volume-service.js'
 import { GlanceClient, IMAGE_SERVICE_TYPES } from '../glance/client.js'
 import { Registrar } from '../glance/registration.js'
 import { HttpClient } from '../openstack/http.js'
+import { keys } from '../store/metadata.js'
 import { KeystoneClient } from '../openstack/keystone.js'
 
 export interface Backend {
@@ -21,8 +22,13 @@ export interface Backend {
   imageOwner: string
 }
 
-/** The composition of a backend and the connectors its connection infos need. */
-export async function openBackend(config: Config, logger: Logger): Promise<Backend> {
+/**
+ * The composition of a backend and the connectors its connection infos need.
+ * `spares`: volumes the cinder backend makes ahead of need (a mount that
+ * writes); each is marked as an unfinished upload of this host, so recovery
+ * deletes what a crash leaves.
+ */
+export async function openBackend(config: Config, logger: Logger, options: { spares?: number } = {}): Promise<Backend> {
   switch (config.backend) {
     case 'local': {
       const useLoopDevices = process.getuid?.() === 0 && fs.existsSync('/dev/loop-control')
@@ -31,7 +37,11 @@ export async function openBackend(config: Config, logger: Logger): Promise<Backe
     }
     case 'cinder': {
       const settings = settingsOf(config)
-      const service = new CinderVolumeService({ settings, logger, host: config.host })
+      const spares = options.spares ?? 0
+      const service = new CinderVolumeService({
+        settings, logger, host: config.host,
+        ...(spares === 0 ? {} : { spares: { count: spares, metadata: { [keys.state]: 'uploading', [keys.host]: config.host } } }),
+      })
       let project: string | undefined
       try {
         // Authenticate now: wrong credentials are a configuration mistake, said once, at mount.
