@@ -17,11 +17,12 @@ export interface CinderBackendOptions {
   /** The connector's IP, which storage backends may use for access control (default: this host's first external IPv4 address). */
   ip?: string
   /**
-   * Create ahead: keep this many 1 GiB volumes made before they are needed,
-   * so a new image costs one rename instead of a create and its polls. Each
-   * spare carries `metadata` (the caller's marks of an unfinished upload of
-   * this host), so recovery after a crash deletes spares like any other
-   * unfinished upload. Default 0: none.
+   * Create and attach ahead: keep this many 1 GiB volumes made and attached
+   * rw to this host before they are needed, so a new image costs one rename
+   * instead of a create, its polls and an attach. Each spare carries
+   * `metadata` (the caller's marks of an unfinished upload of this host), so
+   * recovery after a crash deletes spares like any other unfinished upload
+   * (and their attachments, as this host's). Default 0: none.
    */
   spares?: { count: number, metadata: Record<string, string> }
 }
@@ -42,7 +43,9 @@ export class CinderVolumeService implements VolumeService {
   private connecting: Promise<CinderClient> | undefined
   private keystone: KeystoneClient | undefined
   /** Spare volumes being made or ready, oldest first; each settles to undefined when it could not be made. */
-  private readonly spares: Array<Promise<CinderVolume | undefined>> = []
+  private readonly spares: Array<Promise<Spare | undefined>> = []
+  /** Attachments of taken spares, handed out by the first rw attach of their volume. */
+  private readonly spareAttachments = new Map<string, Attachment>()
   private closed = false
 
   constructor(options: CinderBackendOptions) {
@@ -74,8 +77,9 @@ export class CinderVolumeService implements VolumeService {
       this.refillSpares()
       if (spare !== undefined) {
         // One PUT names it and replaces the spare's marks with the image's metadata.
-        const taken = await cinder.renameAndReplaceMetadata(spare.id, request.name, request.metadata)
-        this.logger.debug({ volumeId: spare.id, volumeName: request.name }, 'spare volume taken')
+        const taken = await cinder.renameAndReplaceMetadata(spare.volume.id, request.name, request.metadata)
+        this.spareAttachments.set(spare.volume.id, spare.attachment)
+        this.logger.debug({ volumeId: spare.volume.id, attachmentId: spare.attachment.id, volumeName: request.name }, 'spare volume taken')
         return toVolume(taken)
       }
     }
@@ -88,10 +92,21 @@ export class CinderVolumeService implements VolumeService {
     if (wanted === undefined || this.closed) return
     while (this.spares.length < wanted.count) {
       const name = `${SPARE_PREFIX}${randomUUID()}`
-      this.spares.push(this.client().then(async cinder => this.createAndWait(cinder, name, 1, wanted.metadata)).catch((err: unknown) => {
+      this.spares.push(this.makeSpare(name, wanted.metadata).catch((err: unknown) => {
         this.logger.warn({ volumeName: name, err }, 'could not make a spare volume; creating on demand')
         return undefined
       }))
+    }
+  }
+
+  private async makeSpare(name: string, metadata: Record<string, string>): Promise<Spare> {
+    const cinder = await this.client()
+    const volume = await this.createAndWait(cinder, name, 1, metadata)
+    try {
+      return { volume, attachment: await cinder.attach(volume.id, 'rw') }
+    } catch (err) {
+      await cinder.deleteVolume(volume.id).catch(() => undefined)
+      throw err
     }
   }
 
@@ -172,10 +187,22 @@ export class CinderVolumeService implements VolumeService {
   }
 
   async delete(volumeId: string): Promise<void> {
-    await (await this.client()).deleteVolume(volumeId)
+    const cinder = await this.client()
+    // a taken spare whose attachment was never handed out still holds it
+    const attachment = this.spareAttachments.get(volumeId)
+    if (attachment !== undefined) {
+      this.spareAttachments.delete(volumeId)
+      await cinder.detach(attachment)
+    }
+    await cinder.deleteVolume(volumeId)
   }
 
   async attach(volumeId: string, mode: AttachMode): Promise<Attachment> {
+    const ready = this.spareAttachments.get(volumeId)
+    if (ready !== undefined && mode === 'rw') {
+      this.spareAttachments.delete(volumeId)
+      return ready
+    }
     return await (await this.client()).attach(volumeId, mode)
   }
 
@@ -197,14 +224,19 @@ export class CinderVolumeService implements VolumeService {
   /** Deletes the spares (a clean stop leaves none), then closes the connections. */
   async close(): Promise<void> {
     this.closed = true
-    const spares = this.spares.splice(0)
-    await Promise.all(spares.map(async pending => {
-      const spare = await pending
-      if (spare === undefined) return
-      await this.client().then(async cinder => cinder.deleteVolume(spare.id)).catch((err: unknown) => {
-        this.logger.warn({ volumeId: spare.id, err }, 'could not delete a spare volume; recovery at the next mount deletes it')
-      })
-    }))
+    const spares = (await Promise.all(this.spares.splice(0))).filter(spare => spare !== undefined)
+    const cinder = spares.length + this.spareAttachments.size === 0 ? undefined : await this.client().catch(() => undefined)
+    await Promise.all([
+      ...spares.map(async ({ volume, attachment }) => {
+        await cinder?.detach(attachment)
+        await cinder?.deleteVolume(volume.id)
+      }),
+      // taken, never attached by the caller: the volume is the caller's, the attachment ours
+      ...[...this.spareAttachments.values()].map(async attachment => cinder?.detach(attachment)),
+    ].map(async step => step.catch((err: unknown) => {
+      this.logger.warn({ err }, 'could not remove a spare volume or attachment; recovery at the next mount does')
+    })))
+    this.spareAttachments.clear()
     this.http.close()
   }
 
@@ -248,4 +280,10 @@ function toVolume(v: CinderVolume): Volume {
     createdAt: v.createdAt,
     updatedAt: v.updatedAt,
   }
+}
+
+/** A volume made and attached ahead of need. */
+interface Spare {
+  volume: CinderVolume
+  attachment: Attachment
 }
