@@ -1,12 +1,12 @@
 import { createHash, randomUUID } from 'node:crypto'
 import fs from 'node:fs/promises'
 import path from 'node:path'
-import t from 'tap'
+import t, { type Test } from 'tap'
 import { listAll } from '../../src/backends/volume-service.js'
 import { errorCode } from '../../src/errors/errors.js'
 import { EXIT } from '../../src/glance/registration.js'
 import { startDaemon, type Workspace } from '../helpers/daemon.js'
-import { GLANCE, GlanceApi } from '../helpers/glance.js'
+import { FROM_IMAGE, GLANCE, GlanceApi } from '../helpers/glance.js'
 import { CLOUDS, openStackSuite, STATE_DIR, testService } from '../helpers/openstack.js'
 import { run, sh } from '../helpers/shell.js'
 
@@ -32,7 +32,13 @@ function lineOf(lines: string[], id: string): string {
   return lines.find(l => l.includes(id)) ?? `(no line for ${id})`
 }
 
-t.test('a Glance library rsync\'d into cinderfs is served by glance-api from Cinder, verified by checksum, and Cinder clones it', { skip: suite.skip }, async t => {
+/**
+ * A mount workspace on the rig's own Glance account (project service, as glance_store's
+ * cinder store): Glance's cinder store reads the volumes as that account. On teardown
+ * the images in `imageIds` are deleted (Glance deletes their locations' volumes), then
+ * whatever volume of ours is left.
+ */
+async function glanceWorkspace(t: Test): Promise<{ glance: GlanceApi, ws: Workspace, imageIds: string[] }> {
   const glance = new GlanceApi()
   t.teardown(() => { glance.close() })
   const { service } = testService(t)
@@ -40,14 +46,14 @@ t.test('a Glance library rsync\'d into cinderfs is served by glance-api from Cin
   const mountpoint = path.join(root, 'mnt')
   await fs.mkdir(mountpoint)
   const imageIds: string[] = []
+  const projectId = await glance.projectId()
   const ws: Workspace = {
-    root, mountpoint, localDir: path.join(root, 'volumes'), imageOwner: await glance.projectId(), service, volumeIds: new Set(), daemons: [],
+    root, mountpoint, localDir: path.join(root, 'volumes'), imageOwner: projectId, service, volumeIds: new Set(), daemons: [],
     cloud: {
-      cloud: CLOUDS.glance, dir: STATE_DIR, projectId: await glance.projectId(), service,
-      // Deleting an image deletes the volumes of its locations; then whatever image volume of ours is left.
+      cloud: CLOUDS.glance, dir: STATE_DIR, projectId, service,
       remove: async () => {
         for (const id of imageIds) await glance.delete(id)
-        const left = (await listAll(service)).filter(v => imageIds.some(id => v.name === `image-${id}`) || v.name === 'cinderfs-test-from-image')
+        const left = (await listAll(service)).filter(v => imageIds.some(id => v.name === `image-${id}`) || v.name === FROM_IMAGE)
         // Glance's deletes of location volumes are still under way: those may vanish meanwhile
         for (const volume of left) await service.delete(volume.id).catch(gone)
         return left.length
@@ -60,7 +66,12 @@ t.test('a Glance library rsync\'d into cinderfs is served by glance-api from Cin
     await ws.cloud?.remove()
     await fs.rm(root, { recursive: true, force: true })
   })
+  return { glance, ws, imageIds }
+}
 
+t.test('a Glance library rsync\'d into cinderfs is served by glance-api from Cinder, verified by checksum, and Cinder clones it', { skip: suite.skip }, async t => {
+  const { glance, ws, imageIds } = await glanceWorkspace(t)
+  const { root, mountpoint, service } = ws
   // The library: raw images from 0 B to 96 MiB and one qcow2, uploaded through the API into the file store.
   const originals = path.join(root, 'originals')
   await fs.mkdir(originals)
@@ -133,32 +144,13 @@ t.test('a Glance library rsync\'d into cinderfs is served by glance-api from Cin
 })
 
 t.test('--glance-register registers each image as it is sealed', { skip: suite.skip }, async t => {
-  const glance = new GlanceApi()
-  t.teardown(() => { glance.close() })
-  const { service } = testService(t)
-  const root = await fs.mkdtemp('/tmp/cinderfs-test-glance-')
-  const mountpoint = path.join(root, 'mnt')
-  await fs.mkdir(mountpoint)
-  const data = path.join(root, 'image')
+  const { glance, ws, imageIds } = await glanceWorkspace(t)
+  const data = path.join(ws.root, 'image')
   await sh(`head -c ${MiB + 3} /dev/urandom > '${data}'`)
   const imageId = await glance.upload('cinderfs-test-mount-option', data, 'raw')
-  const ws: Workspace = {
-    root, mountpoint, localDir: path.join(root, 'volumes'), imageOwner: await glance.projectId(), service, volumeIds: new Set(), daemons: [],
-    cloud: { cloud: CLOUDS.glance, dir: STATE_DIR, projectId: await glance.projectId(), service, remove: async () => {
-      await glance.delete(imageId)
-      const left = (await listAll(service)).filter(v => v.name === `image-${imageId}`)
-      for (const volume of left) await service.delete(volume.id).catch(gone)
-      return left.length
-    } },
-  }
-  t.teardown(async () => {
-    for (const daemon of ws.daemons) await daemon.stop()
-    await run(`fusermount -u -z '${mountpoint}' 2>/dev/null; true`)
-    await ws.cloud?.remove()
-    await fs.rm(root, { recursive: true, force: true })
-  })
+  imageIds.push(imageId)
   const daemon = await startDaemon(ws, ['--glance-register', '--glance-store', GLANCE.cinderStore, '--retire'], { cwd: STATE_DIR })
-  await sh(`rsync -a '${GLANCE.dataDir}/${imageId}' '${mountpoint}/'`)
+  await sh(`rsync -a '${GLANCE.dataDir}/${imageId}' '${ws.mountpoint}/'`)
   // the decision is logged once the queue got to it; the daemon waits for its queue before it stops
   t.equal(await daemon.stop(), 0, 'the daemon stops cleanly after its registrations')
   t.match(daemon.logs(), new RegExp(`"imageId":"${imageId}".*"outcome":"registered"`), 'the decision is logged with the image id and outcome')

@@ -16,6 +16,9 @@ export const GLANCE = {
   cloneLog: path.join(STATE_DIR, 'log/clones.jsonl'),
 } as const
 
+/** The name of the volumes volumeFromImage makes. */
+export const FROM_IMAGE = 'cinderfs-test-from-image'
+
 export interface ImageRecord {
   id: string
   status: string
@@ -102,7 +105,7 @@ export class GlanceApi {
     const created = await this.fetch(`${base}/volumes`, {
       method: 'POST',
       headers: { 'Content-Type': 'application/json' },
-      body: JSON.stringify({ volume: { size: 1, name: 'cinderfs-test-from-image', imageRef: imageId } }),
+      body: JSON.stringify({ volume: { size: 1, name: FROM_IMAGE, imageRef: imageId } }),
     })
     if (created.status !== 202) throw new Error(`volume create: ${created.status} ${await created.text()}`)
     const { volume } = await created.json() as { volume: { id: string } }
