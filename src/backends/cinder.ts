@@ -27,6 +27,8 @@ export interface CinderBackendOptions {
   spares?: { count: number, metadata: Record<string, string> }
 }
 
+/** Logged when a spare volume is made and attached (tests wait for it). */
+export const SPARE_READY = 'spare volume ready'
 /** Spares are named so that no file name can collide with one. */
 const SPARE_PREFIX = 'image-.cinderfs-spare-'
 
@@ -103,7 +105,9 @@ export class CinderVolumeService implements VolumeService {
     const cinder = await this.client()
     const volume = await this.createAndWait(cinder, name, 1, metadata)
     try {
-      return { volume, attachment: await cinder.attach(volume.id, 'rw') }
+      const attachment = await cinder.attach(volume.id, 'rw')
+      this.logger.info({ volumeId: volume.id, attachmentId: attachment.id }, SPARE_READY)
+      return { volume, attachment }
     } catch (err) {
       await cinder.deleteVolume(volume.id).catch(() => undefined)
       throw err

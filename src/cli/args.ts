@@ -38,6 +38,7 @@ const options = {
   'glance-url': { type: 'string' },
   retire: { type: 'boolean' },
   'dry-run': { type: 'boolean' },
+  'create-ahead': { type: 'string' },
   help: { type: 'boolean', short: 'h' },
   version: { type: 'boolean' },
 } as const
@@ -106,6 +107,7 @@ function configOf(values: Values, mountpoint: string): Config {
     glanceStore: values['glance-store'],
     glanceUrl: values['glance-url'],
     retire: values.retire ?? false,
+    createAhead: values['create-ahead'] === undefined ? 0 : Number(values['create-ahead']),
   }
   return validateConfig(config)
 }

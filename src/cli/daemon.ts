@@ -15,15 +15,12 @@ import { Metrics } from '../metrics/metrics.js'
 import { ImageStore } from '../store/image-store.js'
 import { removePidFile, writePidFile } from './runtime.js'
 
-/** Volumes a writable mount on Cinder keeps made ahead of need (create ahead). */
-const SPARE_VOLUMES = 2
 /** How often the daemon looks whether someone else unmounted it (fusermount -u, umount). */
 const mountCheckMs = 2000
 
 /** Builds the layers, recovers, mounts, and runs until SIGINT/SIGTERM or an outside unmount. Resolves with the exit code. */
 export async function runMount(config: Config, log: Logger): Promise<number> {
-  // Two spares hide Cinder's create (and its polls) behind the previous image's upload.
-  const backend = await openBackend(config, log, { spares: config.readOnly ? 0 : SPARE_VOLUMES })
+  const backend = await openBackend(config, log, { spares: config.readOnly ? 0 : config.createAhead })
   const { service } = backend
   let glance: GlanceRegistration | undefined
   try {

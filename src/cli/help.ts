@@ -78,6 +78,12 @@ OPTIONS
         Let users other than the one who mounted use the mount.
     --read-only
         Refuse every change.
+    --create-ahead N
+        cinder backend: keep N spare 1 GiB volumes created and attached ahead
+        of need (default 0), so a new image costs one request instead of a
+        create, its status polls and an attach: for migrating many small
+        images. Each spare holds a volume and 1 GiB of quota while the mount
+        runs; a clean stop deletes them, and so does recovery after a crash.
     --glance-register
         mount: register each image in Glance when it is sealed or renamed to
         its image id (as register does), in the background.
