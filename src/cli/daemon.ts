@@ -8,6 +8,8 @@ import type { VolumeService } from '../backends/volume-service.js'
 import { errorMessage } from '../errors/errors.js'
 import { candidates } from '../glance/registration.js'
 import { ImageFs } from '../fs/image-fs.js'
+import { ImageLifecycle } from '../image/lifecycle.js'
+import { systemClock } from '../model/clock.js'
 import { fuseOperations } from '../fuse/fuse-adapter.js'
 import { isMounted, mountFuse } from '../fuse/mount.js'
 import type { Logger } from '../log/logger.js'
@@ -35,10 +37,13 @@ export async function runMount(config: Config, log: Logger): Promise<number> {
   })
   const cache = new BlockCache({ budgetBytes: config.cacheSize, blockSize: config.blockSize, readaheadBytes: config.readahead })
   const store = new ImageStore({ service, logger: log, listTtlMs: config.listTtlSeconds * 1000, owner: { uid: config.uid, gid: config.gid } })
-  const fs = new ImageFs({
-    service, store, attachments, cache, logger: log, readOnly: config.readOnly, writeBuffer: config.writeBuffer,
-    imageOwner: backend.imageOwner, host: config.host, uid: config.uid, gid: config.gid,
+  const lifecycle = new ImageLifecycle({
+    service, store, attachments, cache, logger: log, imageOwner: backend.imageOwner, host: config.host, uid: config.uid, gid: config.gid,
     ...(registering === undefined ? {} : { imageReady: (volumeId: string) => { registering.add(volumeId) } }),
+  })
+  const fs = new ImageFs({
+    service, store, lifecycle, attachments, cache, logger: log, clock: systemClock, readOnly: config.readOnly,
+    writeBuffer: config.writeBuffer, sealDelayMs: config.sealDelaySeconds * 1000, uid: config.uid, gid: config.gid,
   })
   const metrics = new Metrics()
   try {
