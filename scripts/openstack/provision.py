@@ -2,7 +2,7 @@
 """Idempotent accounts, catalog, volume types and quotas for the test rig.
 
 Called by scripts/openstack/up once Keystone answers. Reads its settings
-from the environment (set by up): KS_URL, CINDER_URL, REGION, BACKEND,
+from the environment (set by up): KS_URL, CINDER_URL, GLANCE_URL, REGION, BACKEND,
 ADMIN_PASSWORD, CINDER_PASSWORD, GLANCE_PASSWORD, MEMBER_PASSWORD,
 WAIT_SECONDS, RBD_BACKEND (empty: none) for the volume type `rbd` and
 ISCSI_BACKEND (empty: none) for the volume type `iscsi`. Raw REST over keystoneauth1 (a Cinder dependency) keeps it to
@@ -86,6 +86,8 @@ user('member', env['MEMBER_PASSWORD'], members_p, ['member', 'reader'])
 volume_url = env['CINDER_URL'] + '/v3/%(project_id)s'
 catalog('cinder', 'block-storage', volume_url)
 catalog('cinderv3', 'volumev3', volume_url)
+# named glance: Cinder's default glance_catalog_info is image:glance:publicURL
+catalog('glance', 'image', env['GLANCE_URL'])
 
 # ---------------------------------------------------------------- cinder
 H = {'OpenStack-API-Version': 'volume 3.50'}

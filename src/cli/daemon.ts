@@ -1,10 +1,12 @@
 import { AttachmentManager } from '../attachments/attachment-manager.js'
-import { openBackend } from './backend.js'
+import { openBackend, openRegistration, type GlanceRegistration } from './backend.js'
 import { BlockCache } from '../cache/block-cache.js'
 import type { Config } from '../config/config.js'
 import { formatSize } from '../config/sizes.js'
 import { ConnectorRegistry } from '../connectors/registry.js'
+import type { VolumeService } from '../backends/volume-service.js'
 import { errorMessage } from '../errors/errors.js'
+import { candidates } from '../glance/registration.js'
 import { ImageFs } from '../fs/image-fs.js'
 import { ImageLifecycle } from '../image/lifecycle.js'
 import { Janitor } from '../janitor/janitor.js'
@@ -23,8 +25,16 @@ const mountCheckMs = 2000
 export async function runMount(config: Config, log: Logger): Promise<number> {
   const janitor = new Janitor({ logger: log })
   const apiRetryWindowMs = config.apiRetryWindowSeconds * 1000
-  const backend = await openBackend(config, log, janitor)
+  const backend = await openBackend(config, log, janitor, { spares: config.readOnly ? 0 : config.createAhead })
   const { service } = backend
+  let glance: GlanceRegistration | undefined
+  try {
+    if (config.glanceRegister) glance = await openRegistration(config, false, log)
+  } catch (err) {
+    await service.close()
+    throw err
+  }
+  const registering = glance === undefined ? undefined : new RegistrationQueue(glance, service, log)
   const attachments = new AttachmentManager({
     service, connectors: new ConnectorRegistry(backend.connectors), idleDetachMs: config.idleDetachSeconds * 1000, logger: log, janitor,
   })
@@ -33,6 +43,7 @@ export async function runMount(config: Config, log: Logger): Promise<number> {
   const lifecycle = new ImageLifecycle({
     service, store, attachments, cache, logger: log, imageOwner: backend.imageOwner, host: config.host, uid: config.uid, gid: config.gid,
     janitor, apiRetryWindowMs,
+    ...(registering === undefined ? {} : { imageReady: (volumeId: string) => { registering.add(volumeId) } }),
   })
   const fs = new ImageFs({
     service, store, lifecycle, attachments, cache, logger: log, clock: systemClock, readOnly: config.readOnly,
@@ -73,6 +84,7 @@ export async function runMount(config: Config, log: Logger): Promise<number> {
         for (const [step, work] of [
           ['unmount', async () => { if (signal !== 'unmounted') await mount.unmount() }],
           ['shutdown', async () => fs.shutdown()],
+          ['registration', async () => { await registering?.idle(); glance?.close() }],
           // Bounded: what is still pending after the window is logged, one line each, and the next start's recovery does it.
           ['cleanups', async () => {
             const left = await janitor.drain(apiRetryWindowMs)
@@ -96,4 +108,31 @@ export async function runMount(config: Config, log: Logger): Promise<number> {
     process.on('SIGINT', () => stop('SIGINT'))
     process.on('SIGTERM', () => stop('SIGTERM'))
   })
+}
+
+/**
+ * --glance-register: registers images one at a time, in the order they became
+ * ready, off the file-system path (a slow Glance never holds up a close or a
+ * rename). Each decision is logged by the registrar; the daemon waits for the
+ * queue before it stops.
+ */
+class RegistrationQueue {
+  private tail: Promise<void> = Promise.resolve()
+
+  constructor(private readonly glance: GlanceRegistration, private readonly service: VolumeService, private readonly log: Logger) {}
+
+  add(volumeId: string): void {
+    this.tail = this.tail.then(async () => {
+      const volume = await this.service.get(volumeId)
+      // only complete images named by a Glance image id; a temporary name (rsync's) waits for its rename
+      if (candidates([volume]).length === 0 || !volume.readOnly) return
+      await this.glance.registrar.register(volume)
+    }).catch((err: unknown) => {
+      this.log.warn({ volumeId, err: errorMessage(err), glance: this.glance.endpoint }, 'could not register the image in Glance; run cinderfs register later')
+    })
+  }
+
+  async idle(): Promise<void> {
+    await this.tail
+  }
 }

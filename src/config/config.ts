@@ -50,6 +50,16 @@ export interface Config {
   /** Owner and group shown for images that carry none. */
   uid: number
   gid: number
+  /** mount: register each image in Glance when it is sealed (see src/glance/registration.ts). */
+  glanceRegister: boolean
+  /** Multi-store id of Glance's cinder store for location URLs (else from --glance-config; else single-store URLs). */
+  glanceStore: string | undefined
+  /** Glance's URL instead of the catalog's. */
+  glanceUrl: string | undefined
+  /** cinder backend: spare volumes kept created and attached ahead of need (each holds 1 GiB of quota). */
+  createAhead: number
+  /** Registration removes the image's other locations once Glance lists the volume (Glance deletes their data). */
+  retire: boolean
 }
 
 export function defaultLocalDir(): string {
@@ -95,6 +105,13 @@ export function validateConfig(config: Config): Config {
   if (config.backend === 'local' && (config.osCloud ?? config.glanceConfig ?? config.volumeType ?? config.maxMicroversion ?? config.stateTimeoutSeconds) !== undefined) {
     throw new ConfigError('--os-cloud, --glance-config, --volume-type, --os-max-microversion and --cinder-state-timeout need --backend cinder')
   }
+  if (config.backend === 'local' && (config.glanceRegister || config.glanceStore !== undefined || config.glanceUrl !== undefined || config.retire)) {
+    throw new ConfigError('--glance-register, --glance-store, --glance-url and --retire need --backend cinder (Glance serves images from Cinder)')
+  }
+  if (config.retire && !config.glanceRegister && config.mountpoint !== '') throw new ConfigError('--retire needs --glance-register')
+  if (config.glanceStore !== undefined && !/^[A-Za-z0-9_.-]{1,255}$/.test(config.glanceStore)) throw new ConfigError(`--glance-store: '${config.glanceStore}' is not a Glance store id`)
+  if (!Number.isInteger(config.createAhead) || config.createAhead < 0 || config.createAhead > 16) throw new ConfigError('--create-ahead: must be a whole number from 0 to 16')
+  if (config.backend === 'local' && config.createAhead > 0) throw new ConfigError('--create-ahead needs --backend cinder')
   if (config.maxMicroversion !== undefined && !/^3\.\d{1,3}$/.test(config.maxMicroversion)) {
     throw new ConfigError(`--os-max-microversion: '${config.maxMicroversion}' is not a Cinder v3 microversion such as 3.27`)
   }

@@ -20,6 +20,8 @@ export interface OpenStackSettings {
   availabilityZone?: string
   stateTransitionTimeoutSeconds: number
   maxMicroversion?: string
+  /** Multi-store Glance: the id of the cinder store (its glance-api.conf section), which location URLs name. */
+  glanceStore?: string
 }
 
 /** Command-line choices; flags win over every file and variable. */
@@ -237,7 +239,7 @@ function fromGlanceConfig(file: string, backend: string | undefined): OpenStackS
     },
     tls: { insecure: truthy(get('cinder_api_insecure')), ...defined({ caFile }) },
     stateTransitionTimeoutSeconds: seconds,
-    ...defined({ volumeType: get('cinder_volume_type') }),
+    ...defined({ volumeType: get('cinder_volume_type'), glanceStore: section === 'glance_store' ? undefined : section }),
   }
 }
 

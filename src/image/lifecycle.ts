@@ -34,6 +34,8 @@ export interface ImageLifecycleOptions {
   janitor: Janitor
   /** How long the calls an upload needs (create, reopen, final metadata) ride out an outage. */
   apiRetryWindowMs: number
+  /** Told when an image is sealed or renamed, e.g. to register it in Glance; never awaited. */
+  imageReady?: (volumeId: string) => void
 }
 
 /** Log lines tests and operators wait for. */
@@ -124,6 +126,7 @@ export class ImageLifecycle {
     await this.o.service.updateMetadata(volumeId, changes)
     this.record(volumeId, changes, { readOnly: true })
     this.log.info({ volumeId, name: this.o.store.byVolume(volumeId)?.name }, lifecycleMessages.sealed)
+    this.o.imageReady?.(volumeId)
   }
 
   /** seal, or when it fails (an outage, the volume still attached) the janitor's to retry. Never throws. */
@@ -177,6 +180,7 @@ export class ImageLifecycle {
     this.o.store.set({ name: toName, volume, attrs: { ...current.attrs, generation } })
     if (pinned) this.o.store.pin(toName)
     this.log.info({ volumeId, from: entry.name, to: toName }, lifecycleMessages.renamed)
+    this.o.imageReady?.(volumeId)
   }
 
   async setAttributes(volumeId: string, changes: ImageAttributeChanges): Promise<void> {

@@ -143,6 +143,12 @@ export class CinderClient {
     await this.call('PUT', `/volumes/${volumeId}`, { body: { volume: { name } }, context: { volumeId } })
   }
 
+  /** Renames and replaces the whole user metadata in one request (keys not named are removed). */
+  async renameAndReplaceMetadata(volumeId: string, name: string, metadata: Record<string, string>): Promise<CinderVolume> {
+    const response = await this.call('PUT', `/volumes/${volumeId}`, { body: { volume: { name, metadata } }, context: { volumeId } })
+    return parseVolume(member(response.data, 'volume'))
+  }
+
   /** POST merges: keys not named stay as they are. */
   async mergeMetadata(volumeId: string, metadata: Record<string, string>): Promise<void> {
     // idempotent: sending the same keys twice leaves the same metadata
@@ -272,16 +278,20 @@ export class CinderClient {
   }
 
   private async attachNew(volumeId: string, mode: AttachMode): Promise<Attachment> {
-    // Create without a connector, then update: a one-shot create ignores
-    // mode ro (the device comes out rw). Never send instance_uuid: deleting
-    // such an attachment makes Cinder call Nova, which fails without one.
-    const created = await this.call('POST', '/attachments', { body: { attachment: { volume_uuid: volumeId, mode } }, idempotent: false, context: { volumeId } })
+    // rw: one create with the connector. ro: create without a connector, then
+    // update, since a one-shot create ignores mode ro (the device comes out
+    // rw). Never send instance_uuid: deleting such an attachment makes Cinder
+    // call Nova, which fails without one.
+    const oneShot = mode === 'rw'
+    const body = oneShot ? { volume_uuid: volumeId, mode, connector: this.connector(mode) } : { volume_uuid: volumeId, mode }
+    const created = await this.call('POST', '/attachments', { body: { attachment: body }, idempotent: false, context: { volumeId } })
     const reserved = member(created.data, 'attachment')
     const attachmentId = string(reserved, 'id')
     const context = { volumeId, attachmentId }
     try {
-      const updated = await this.call('PUT', `/attachments/${attachmentId}`, { body: { attachment: { connector: this.connector(mode) } }, context })
-      const attachment = member(updated.data, 'attachment')
+      const attachment = oneShot
+        ? reserved
+        : member((await this.call('PUT', `/attachments/${attachmentId}`, { body: { attachment: { connector: this.connector(mode) } }, context })).data, 'attachment')
       if (this.supports(FEATURES.attachmentComplete)) {
         await this.call('POST', `/attachments/${attachmentId}/action`, { body: { 'os-complete': null }, context })
       }
@@ -377,7 +387,8 @@ export class CinderClient {
   private async poll(volumeId: string, done: () => Promise<boolean>): Promise<void> {
     const timeoutMs = (this.options.stateTransitionTimeoutSeconds ?? 300) * 1000
     const deadline = Date.now() + timeoutMs
-    let delayMs = 100
+    // A create or delete on a healthy Cinder settles in a few hundred ms: ask often at first.
+    let delayMs = 50
     while (!(await done())) {
       if (Date.now() >= deadline) throw new CinderfsError('ETIMEDOUT', `volume ${volumeId}: no final status after ${timeoutMs / 1000} s`, { volumeId })
       await new Promise(resolve => setTimeout(resolve, delayMs))

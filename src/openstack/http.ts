@@ -230,10 +230,11 @@ function connectionError(request: HttpRequest, err: unknown): CinderfsError {
   return new CinderfsError('EIO', `${request.method.toUpperCase()} ${pathOf(request.url)}: ${reason}`, { ...request.context, code })
 }
 
-/** Cinder says {"badRequest": {"message": ...}}, Keystone {"error": {"message": ...}}. */
+/** Cinder says {"badRequest": {"message": ...}}, Keystone {"error": {"message": ...}}, Glance {"message": ...}. */
 function bodyMessage(data: unknown): string | undefined {
   if (typeof data === 'string') return data.trim().slice(0, 300) || undefined
   if (typeof data !== 'object' || data === null) return undefined
+  if ('message' in data && typeof data.message === 'string') return data.message.replace(/<br \/>/g, ' ').replace(/\s+/g, ' ').trim().slice(0, 300)
   for (const value of Object.values(data)) {
     if (typeof value === 'object' && value !== null && 'message' in value && typeof value.message === 'string') return value.message
   }
