@@ -36,7 +36,8 @@
 #include <unistd.h>
 #include <uv.h>
 
-#define MAX_SAFE_INTEGER 9007199254740991.0
+#include "napi-util.h"
+
 
 #define CHECK(env, call)                                   \
   do {                                                     \
@@ -81,38 +82,11 @@ typedef struct {
   napi_ref close_self;
 } image_t;
 
-static napi_value throw_last_error(napi_env env) {
-  const napi_extended_error_info *info = NULL;
-  bool pending = false;
-  napi_get_last_error_info(env, &info);
-  napi_is_exception_pending(env, &pending);
-  if (!pending) napi_throw_error(env, NULL, info && info->error_message ? info->error_message : "N-API call failed");
-  return NULL;
-}
-
-/* An Error for a negative errno from librados/librbd (or our own checks). */
-static napi_value errno_error(napi_env env, const char *what, int err) {
-  char name[64], text[256], message[512];
-  napi_value msg, error, code, number;
-  uv_err_name_r(err, name, sizeof name);
-  /* libuv names every errno Linux has; anything else becomes EIO for callers */
-  if (strncmp(name, "Unknown", 7) == 0) strcpy(name, "EIO");
-  uv_strerror_r(err, text, sizeof text);
-  snprintf(message, sizeof message, "%s: %s", what, text);
-  napi_create_string_utf8(env, message, NAPI_AUTO_LENGTH, &msg);
-  napi_create_error(env, NULL, msg, &error);
-  napi_create_string_utf8(env, name, NAPI_AUTO_LENGTH, &code);
-  napi_create_int32(env, err, &number);
-  napi_set_named_property(env, error, "code", code);
-  napi_set_named_property(env, error, "errno", number);
-  return error;
-}
-
 static napi_value rejected(napi_env env, const char *what, int err) {
   napi_value promise;
   napi_deferred deferred;
   CHECK(env, napi_create_promise(env, &deferred, &promise));
-  napi_reject_deferred(env, deferred, errno_error(env, what, err));
+  napi_reject_deferred(env, deferred, errno_error(env, what, NULL, err));
   return promise;
 }
 
@@ -126,19 +100,6 @@ static napi_value resolved_number(napi_env env, double value) {
 }
 
 /* ------------------------------------------------------------- arguments */
-
-/* A byte offset or length: a safe non-negative integer. */
-static bool get_offset(napi_env env, napi_value value, const char *name, uint64_t *out) {
-  double d;
-  char message[128];
-  if (napi_get_value_double(env, value, &d) != napi_ok || !(d >= 0 && d <= MAX_SAFE_INTEGER) || d != (double)(uint64_t)d) {
-    snprintf(message, sizeof message, "%s must be a non-negative safe integer", name);
-    napi_throw_range_error(env, NULL, message);
-    return false;
-  }
-  *out = (uint64_t)d;
-  return true;
-}
 
 /* A malloc'd copy of a string argument; NULL (with a TypeError thrown) if it is not one. */
 static char *get_string(napi_env env, napi_value value, const char *name) {
@@ -164,20 +125,6 @@ static bool get_optional_string(napi_env env, napi_value object, const char *nam
   if (type == napi_undefined) return true;
   *out = get_string(env, value, name);
   return *out != NULL;
-}
-
-static bool get_optional_bool(napi_env env, napi_value object, const char *name, bool *out) {
-  napi_value value;
-  napi_valuetype type;
-  *out = false;
-  if (napi_get_named_property(env, object, name, &value) != napi_ok) return false;
-  napi_typeof(env, value, &type);
-  if (type == napi_undefined) return true;
-  if (napi_get_value_bool(env, value, out) != napi_ok) {
-    napi_throw_type_error(env, NULL, "expected a boolean option");
-    return false;
-  }
-  return true;
 }
 
 static bool is_object(napi_env env, napi_value value) {
@@ -382,7 +329,7 @@ static void work_complete(napi_env env, napi_status status, void *data) {
   napi_get_instance_data(env, (void **)&addon);
   if (status != napi_ok && w->err == 0) w->err = -ECANCELED;
   if (w->err < 0) {
-    napi_reject_deferred(env, w->deferred, errno_error(env, w->failed ? w->failed : work_name(w->op), w->err));
+    napi_reject_deferred(env, w->deferred, errno_error(env, w->failed ? w->failed : work_name(w->op), NULL, w->err));
   } else {
     switch (w->op) {
     case OP_CONNECT: {
@@ -495,7 +442,7 @@ static void aio_complete_js(napi_env env, napi_value js_cb, void *context, void 
     return;
   }
   if (r->ret < 0) {
-    napi_reject_deferred(env, r->deferred, errno_error(env, aio_name(r->op), (int)r->ret));
+    napi_reject_deferred(env, r->deferred, errno_error(env, aio_name(r->op), NULL, (int)r->ret));
   } else {
     if (r->op == AIO_FLUSH) napi_get_undefined(env, &value);
     /* rbd_aio_write and _discard return 0, not a byte count */
@@ -537,7 +484,7 @@ static napi_value aio_start(napi_env env, napi_value self, image_t *img, aio_op_
     if (err < 0) rbd_aio_release(c);
   }
   if (err < 0) {
-    napi_reject_deferred(env, r->deferred, errno_error(env, aio_name(op), err));
+    napi_reject_deferred(env, r->deferred, errno_error(env, aio_name(op), NULL, err));
     free(r);
     return promise;
   }

@@ -12,6 +12,14 @@
 #                            "backing_file": "<dir>/volume-<id>", ...}}
 # ('local' is also what os-brick's LocalConnector understands.)
 #
+# With cinderfs_test_export = iscsi the same files are exported instead
+# through Cinder's own tgt target helper (TgtAdm, as the LVM driver does with
+# target_helper = tgtadm): a tgtd target per volume with CHAP, and the
+# connection info is Cinder's real iscsi one (target_portal, target_iqn,
+# target_lun, auth_method CHAP, ...), which only a userspace initiator can
+# use here. Read-only is the initiator's to enforce, as with LVM (Cinder
+# sends access_mode).
+#
 # An attachment gets a read-only loop when Cinder passes connector mode
 # 'ro' or the volume carries the readonly admin flag. One loop per
 # (volume, ro/rw) is shared by the attachments of one host and detached
@@ -33,6 +41,7 @@ import threading
 from oslo_concurrency import processutils
 from oslo_config import cfg
 from oslo_log import log as logging
+from oslo_utils import importutils
 from oslo_utils import units
 
 from cinder import exception
@@ -45,6 +54,13 @@ OPTS = [
     cfg.StrOpt('cinderfs_test_volume_dir',
                default='$state_path/cinderfs-test-volumes',
                help='Directory with one sparse file per volume.'),
+    cfg.StrOpt('cinderfs_test_export', default='local',
+               choices=['local', 'iscsi'],
+               help='local: loop devices; iscsi: tgtd targets via TgtAdm.'),
+    cfg.StrOpt('cinderfs_test_clone_log',
+               default='$state_path/cinderfs-test-clones.jsonl',
+               help='Each clone appends {"volume", "source"} here, so tests '
+                    'can tell a clone from a copy through Glance.'),
 ]
 cfg.CONF.register_opts(OPTS)
 
@@ -66,6 +82,12 @@ class TestFileDriver(driver.VolumeDriver):
         self.configuration.append_config_values(OPTS)
         # losetup --find + attach is not atomic across threads
         self._loop_lock = threading.Lock()
+        self._iscsi = self.configuration.cinderfs_test_export == 'iscsi'
+        if self._iscsi:
+            # What LVMVolumeDriver does with target_helper = tgtadm.
+            self.target_driver = importutils.import_object(
+                self.target_mapping['tgtadm'],
+                configuration=self.configuration, executor=self._execute)
 
     @staticmethod
     def get_driver_options():
@@ -83,6 +105,8 @@ class TestFileDriver(driver.VolumeDriver):
                     exist_ok=True)
 
     def check_for_setup_error(self):
+        if self._iscsi:
+            return
         if not os.path.exists('/dev/loop-control'):
             raise exception.VolumeBackendAPIException(
                 data='no loop devices (/dev/loop-control)')
@@ -129,6 +153,8 @@ class TestFileDriver(driver.VolumeDriver):
     def create_volume(self, volume):
         with open(self._file(volume), 'xb') as f:
             f.truncate(volume.size * units.Gi)
+        if self._iscsi:
+            return {}  # create_export sets the target's location
         return {'provider_location': self._file(volume)}
 
     def delete_volume(self, volume):
@@ -140,26 +166,59 @@ class TestFileDriver(driver.VolumeDriver):
         except FileNotFoundError:
             LOG.info('cinderfs-test: %s was already gone', path)
 
+    def create_cloned_volume(self, volume, src_vref):
+        # Cinder's clone-from-image (allowed_direct_url_schemes = cinder) ends
+        # here; without it the image would be downloaded through Glance.
+        with open(self._file(volume), 'xb'):
+            pass
+        processutils.execute('cp', '--sparse=always', self._file(src_vref),
+                             self._file(volume))
+        if volume.size > src_vref.size:
+            os.truncate(self._file(volume), volume.size * units.Gi)
+        with open(self.configuration.cinderfs_test_clone_log, 'a') as log:
+            log.write(json.dumps({'volume': volume.id,
+                                  'source': src_vref.id}) + '\n')
+        if self._iscsi:
+            return {}  # create_export sets the target's location
+        return {'provider_location': self._file(volume)}
+
     def extend_volume(self, volume, new_size):
         path = self._file(volume)
         os.truncate(path, new_size * units.Gi)
+        if self._iscsi:
+            # re-creates the target of an attached volume so tgtd sees the size
+            self.target_driver.extend_target(volume)
+            return
         for device in self._loops(path):
             _losetup('--set-capacity', device)
 
     # ---------------------------------------------------------- exports
     def ensure_export(self, context, volume):
-        pass
+        if self._iscsi:
+            self.target_driver.ensure_export(context, volume,
+                                             self._file(volume))
 
     def create_export(self, context, volume, connector):
-        pass
+        if self._iscsi:
+            export = self.target_driver.create_export(context, volume,
+                                                      self._file(volume))
+            # as LVMVolumeDriver: the target helper's answer, in model fields
+            return {'provider_location': export['location'],
+                    'provider_auth': export['auth']}
 
     def remove_export(self, context, volume):
-        pass
+        if self._iscsi:
+            self.target_driver.remove_export(context, volume)
 
     def validate_connector(self, connector):
+        if self._iscsi:
+            # needs the connector's `initiator`, as for any iSCSI driver
+            return self.target_driver.validate_connector(connector)
         return True  # a local attach needs no initiator or WWPNs
 
     def initialize_connection(self, volume, connector, **kwargs):
+        if self._iscsi:
+            return self.target_driver.initialize_connection(volume, connector)
         path = self._file(volume)
         read_only = self._read_only(volume, connector)
         with self._loop_lock:
@@ -171,6 +230,9 @@ class TestFileDriver(driver.VolumeDriver):
                          'read_only': read_only, 'volume_id': volume.id}}
 
     def terminate_connection(self, volume, connector, **kwargs):
+        if self._iscsi:
+            return self.target_driver.terminate_connection(volume, connector,
+                                                           **kwargs)
         path = self._file(volume)
         if connector is None or kwargs.get('force'):
             with self._loop_lock:
@@ -198,7 +260,7 @@ class TestFileDriver(driver.VolumeDriver):
                 self.configuration.safe_get('volume_backend_name'),
             'vendor_name': 'cinderfs test rig',
             'driver_version': self.VERSION,
-            'storage_protocol': 'local',
+            'storage_protocol': 'iSCSI' if self._iscsi else 'local',
             'total_capacity_gb': round(st.f_blocks * st.f_frsize / units.Gi, 2),
             'free_capacity_gb': round(st.f_bavail * st.f_frsize / units.Gi, 2),
             'reserved_percentage': 0,

@@ -2,9 +2,10 @@
 """Idempotent accounts, catalog, volume types and quotas for the test rig.
 
 Called by scripts/openstack/up once Keystone answers. Reads its settings
-from the environment (set by up): KS_URL, CINDER_URL, REGION, BACKEND,
+from the environment (set by up): KS_URL, CINDER_URL, GLANCE_URL, REGION, BACKEND,
 ADMIN_PASSWORD, CINDER_PASSWORD, GLANCE_PASSWORD, MEMBER_PASSWORD,
-WAIT_SECONDS, and RBD_BACKEND (empty: none) for the volume type `rbd`. Raw REST over keystoneauth1 (a Cinder dependency) keeps it to
+WAIT_SECONDS, RBD_BACKEND (empty: none) for the volume type `rbd` and
+ISCSI_BACKEND (empty: none) for the volume type `iscsi`. Raw REST over keystoneauth1 (a Cinder dependency) keeps it to
 one Python process instead of many slow CLI calls.
 """
 import os
@@ -85,6 +86,8 @@ user('member', env['MEMBER_PASSWORD'], members_p, ['member', 'reader'])
 volume_url = env['CINDER_URL'] + '/v3/%(project_id)s'
 catalog('cinder', 'block-storage', volume_url)
 catalog('cinderv3', 'volumev3', volume_url)
+# named glance: Cinder's default glance_catalog_info is image:glance:publicURL
+catalog('glance', 'image', env['GLANCE_URL'])
 
 # ---------------------------------------------------------------- cinder
 H = {'OpenStack-API-Version': 'volume 3.50'}
@@ -92,7 +95,8 @@ H = {'OpenStack-API-Version': 'volume 3.50'}
 volume_ep = env['CINDER_URL'] + '/v3/' + admin.get_project_id()
 deadline = time.monotonic() + float(env['WAIT_SECONDS'])
 RBD_BACKEND = env.get('RBD_BACKEND', '')
-wanted = ['cinder-test@' + b for b in (BACKEND, RBD_BACKEND) if b]
+ISCSI_BACKEND = env.get('ISCSI_BACKEND', '')
+wanted = ['cinder-test@' + b for b in (BACKEND, RBD_BACKEND, ISCSI_BACKEND) if b]
 while True:
     try:
         services = admin.get(volume_ep + '/os-services', headers=H,
@@ -123,9 +127,10 @@ if 'multiattach' not in types:
     admin.post(volume_ep + '/types', headers=H, json={'volume_type': {
         'name': 'multiattach', 'extra_specs': {
             'volume_backend_name': BACKEND, 'multiattach': '<is> True'}}})
-if RBD_BACKEND and 'rbd' not in types:
-    admin.post(volume_ep + '/types', headers=H, json={'volume_type': {
-        'name': 'rbd', 'extra_specs': {'volume_backend_name': RBD_BACKEND}}})
+for name, backend in (('rbd', RBD_BACKEND), ('iscsi', ISCSI_BACKEND)):
+    if backend and name not in types:
+        admin.post(volume_ep + '/types', headers=H, json={'volume_type': {
+            'name': name, 'extra_specs': {'volume_backend_name': backend}}})
 # back to the raised defaults of cinder.conf (a test may have lowered them)
 for p in (service_p, members_p):
     admin.delete(volume_ep + '/os-quota-sets/' + p['id'], headers=H)

@@ -3,6 +3,7 @@ import type { VolumeService } from '../backends/volume-service.js'
 import type { BlockDevice } from '../connectors/connector.js'
 import type { ConnectorRegistry } from '../connectors/registry.js'
 import { errorMessage, fail } from '../errors/errors.js'
+import type { CleanupStep, Janitor } from '../janitor/janitor.js'
 import type { Logger } from '../log/logger.js'
 
 /** Log lines tests and operators wait for. */
@@ -33,6 +34,8 @@ export interface AttachmentManagerOptions {
   connectors: ConnectorRegistry
   idleDetachMs: number
   logger: Logger
+  /** Where a detach that failed goes to be retried. */
+  janitor: Janitor
 }
 
 /**
@@ -53,6 +56,8 @@ export class AttachmentManager {
 
   async acquire(volumeId: string, mode: AttachMode): Promise<Lease> {
     while (!this.entries.has(volumeId) && this.detaching.has(volumeId)) await this.detaching.get(volumeId)
+    // An old attachment whose delete failed would make Cinder refuse the new one.
+    if (!this.entries.has(volumeId)) await this.options.janitor.runNow(volumeId)
     let entry = this.entries.get(volumeId)
     if (entry !== undefined && mode === 'rw' && entry.mode === 'ro') {
       fail('EBUSY', `volume ${volumeId} is attached read-only here; it cannot be written`, { volumeId })
@@ -115,18 +120,17 @@ export class AttachmentManager {
     await this.teardown(entry)
   }
 
+  /** At unmount; a detach that fails is left to the janitor (which logs it). */
   async detachAll(): Promise<void> {
     const all = [...this.entries.values()]
-    await Promise.all(all.map(async entry => this.teardown(entry).catch((err: unknown) => {
-      this.log.error({ volumeId: entry.volumeId, err: errorMessage(err) }, 'detach at unmount failed')
-    })))
+    await Promise.all(all.map(async entry => this.teardown(entry).catch(() => undefined)))
   }
 
   private async attach(volumeId: string, mode: AttachMode): Promise<{ attachment: Attachment, device: BlockDevice }> {
     const started = Date.now()
     const attachment = await this.options.service.attach(volumeId, mode)
     if (mode === 'rw' && attachment.mode !== 'rw') {
-      await this.options.service.detach(attachment)
+      await this.options.janitor.attempt(this.detachStep(attachment))
       fail('EROFS', `volume ${volumeId} is read-only in the backend`, { volumeId })
     }
     try {
@@ -135,11 +139,14 @@ export class AttachmentManager {
       return { attachment, device }
     } catch (err) {
       // Never leave an attachment behind for a device we could not open.
-      await this.options.service.detach(attachment).catch((detachErr: unknown) => {
-        this.log.error({ volumeId, attachmentId: attachment.id, err: errorMessage(detachErr) }, 'detach after failed connect failed')
-      })
+      this.log.error({ volumeId, attachmentId: attachment.id, err: errorMessage(err) }, 'connecting the attached volume failed; detaching it')
+      await this.options.janitor.attempt(this.detachStep(attachment))
       throw err
     }
+  }
+
+  private detachStep(attachment: Attachment): CleanupStep {
+    return { volumeId: attachment.volumeId, attachmentId: attachment.id, call: 'detach', first: true, run: async () => this.options.service.detach(attachment) }
   }
 
   private release(entry: Entry): void {
@@ -152,11 +159,8 @@ export class AttachmentManager {
       return
     }
     entry.idleTimer = setTimeout(() => {
-      if (entry.refs === 0 && this.entries.get(entry.volumeId) === entry) {
-        void this.teardown(entry).catch((err: unknown) => {
-          this.log.error({ volumeId: entry.volumeId, err: errorMessage(err) }, 'idle detach failed')
-        })
-      }
+      // a failed detach is the janitor's now (it logged it)
+      if (entry.refs === 0 && this.entries.get(entry.volumeId) === entry) void this.teardown(entry).catch(() => undefined)
     }, this.options.idleDetachMs)
     entry.idleTimer.unref()
   }
@@ -167,7 +171,10 @@ export class AttachmentManager {
     const done = (async () => {
       const { attachment, device } = await entry.ready
       await device.close()
-      await this.options.service.detach(attachment)
+      // The device is closed; only Cinder's attachment can be left, and the janitor retries deleting it.
+      if (!await this.options.janitor.attempt(this.detachStep(attachment))) {
+        fail('EIO', `detaching volume ${entry.volumeId} failed; the janitor retries it`, { volumeId: entry.volumeId, attachmentId: attachment.id })
+      }
       this.log.info({ volumeId: entry.volumeId, attachmentId: attachment.id }, attachmentMessages.detached)
     })()
     const settled = done.then(() => undefined, () => undefined)

@@ -1,7 +1,9 @@
+import { randomUUID } from 'node:crypto'
 import os from 'node:os'
 import type { Logger } from 'pino'
 import type { OpenStackSettings } from '../config/openstack.js'
 import { CinderfsError } from '../errors/errors.js'
+import type { Janitor } from '../janitor/janitor.js'
 import { ADMIN_METADATA_KEYS, CinderClient, FEATURES, isReadOnly, type CinderVolume } from '../openstack/cinder.js'
 import { HttpClient } from '../openstack/http.js'
 import { KeystoneClient } from '../openstack/keystone.js'
@@ -15,7 +17,25 @@ export interface CinderBackendOptions {
   host?: string
   /** The connector's IP, which storage backends may use for access control (default: this host's first external IPv4 address). */
   ip?: string
+  /** Retries deleting a volume whose create failed (Cinder refuses while it is still `creating`); without one that is only logged. */
+  janitor?: Janitor
+  /** The connector's iSCSI initiator IQN: iSCSI drivers export volumes to it (default: none sent). */
+  initiator?: string
+  /**
+   * Create and attach ahead: keep this many 1 GiB volumes made and attached
+   * rw to this host before they are needed, so a new image costs one rename
+   * instead of a create, its polls and an attach. Each spare carries
+   * `metadata` (the caller's marks of an unfinished upload of this host), so
+   * recovery after a crash deletes spares like any other unfinished upload
+   * (and their attachments, as this host's). Default 0: none.
+   */
+  spares?: { count: number, metadata: Record<string, string> }
 }
+
+/** Logged when a spare volume is made and attached (tests wait for it). */
+export const SPARE_READY = 'spare volume ready'
+/** Spares are named so that no file name can collide with one. */
+const SPARE_PREFIX = 'image-.cinderfs-spare-'
 
 /**
  * The `cinder` backend: VolumeService on a real Cinder v3, authenticated
@@ -29,6 +49,11 @@ export class CinderVolumeService implements VolumeService {
   private readonly logger: Logger
   private connecting: Promise<CinderClient> | undefined
   private keystone: KeystoneClient | undefined
+  /** Spare volumes being made or ready, oldest first; each settles to undefined when it could not be made. */
+  private readonly spares: Array<Promise<Spare | undefined>> = []
+  /** Attachments of taken spares, handed out by the first rw attach of their volume. */
+  private readonly spareAttachments = new Map<string, Attachment>()
+  private closed = false
 
   constructor(options: CinderBackendOptions) {
     this.options = options
@@ -54,23 +79,63 @@ export class CinderVolumeService implements VolumeService {
 
   async create(request: CreateVolumeRequest): Promise<Volume> {
     const cinder = await this.client()
+    if (request.sizeGiB === 1 && (this.options.spares?.count ?? 0) > 0) {
+      const spare = await this.spares.shift()
+      this.refillSpares()
+      if (spare !== undefined) {
+        // One PUT names it and replaces the spare's marks with the image's metadata.
+        const taken = await cinder.renameAndReplaceMetadata(spare.volume.id, request.name, request.metadata)
+        this.spareAttachments.set(spare.volume.id, spare.attachment)
+        this.logger.debug({ volumeId: spare.volume.id, attachmentId: spare.attachment.id, volumeName: request.name }, 'spare volume taken')
+        return toVolume(taken)
+      }
+    }
+    return toVolume(await this.createAndWait(cinder, request.name, request.sizeGiB, request.metadata))
+  }
+
+  /** Keeps `spares.count` spare volumes made or in the making. */
+  private refillSpares(): void {
+    const wanted = this.options.spares
+    if (wanted === undefined || this.closed) return
+    while (this.spares.length < wanted.count) {
+      const name = `${SPARE_PREFIX}${randomUUID()}`
+      this.spares.push(this.makeSpare(name, wanted.metadata).catch((err: unknown) => {
+        this.logger.warn({ volumeName: name, err }, 'could not make a spare volume; creating on demand')
+        return undefined
+      }))
+    }
+  }
+
+  private async makeSpare(name: string, metadata: Record<string, string>): Promise<Spare> {
+    const cinder = await this.client()
+    const volume = await this.createAndWait(cinder, name, 1, metadata)
+    try {
+      const attachment = await cinder.attach(volume.id, 'rw')
+      this.logger.info({ volumeId: volume.id, attachmentId: attachment.id }, SPARE_READY)
+      return { volume, attachment }
+    } catch (err) {
+      await cinder.deleteVolume(volume.id).catch(() => undefined)
+      throw err
+    }
+  }
+
+  private async createAndWait(cinder: CinderClient, name: string, sizeGiB: number, metadata: Record<string, string>): Promise<CinderVolume> {
     const { volumeType, availabilityZone } = this.options.settings
     const created = await cinder.createVolume({
-      name: request.name,
-      size: request.sizeGiB,
-      metadata: request.metadata,
+      name,
+      size: sizeGiB,
+      metadata,
       ...(volumeType === undefined ? {} : { volumeType }),
       ...(availabilityZone === undefined ? {} : { availabilityZone }),
     })
     try {
-      return toVolume(await cinder.waitForStatus(created.id, ['creating'], 'available'))
+      return await cinder.waitForStatus(created.id, ['creating'], 'available')
     } catch (err) {
-      // a volume that never became available is ours to remove
-      try {
-        await cinder.deleteVolume(created.id)
-      } catch (cleanup) {
-        this.logger.warn({ volumeId: created.id, err: cleanup }, 'could not delete the failed volume')
-      }
+      // A volume that never became available is ours to remove; one stuck in
+      // `creating` (cinder-volume down) can only go once Cinder lets it.
+      const step = { volumeId: created.id, call: 'delete volume', run: async () => cinder.deleteVolume(created.id) }
+      if (this.options.janitor !== undefined) await this.options.janitor.attempt(step)
+      else await step.run().catch((cleanup: unknown) => { this.logger.warn({ volumeId: created.id, err: cleanup }, 'could not delete the failed volume') })
       throw err
     }
   }
@@ -98,10 +163,16 @@ export class CinderVolumeService implements VolumeService {
       else set[key] = value
     }
     if (Object.keys(set).length > 0) await cinder.mergeMetadata(volumeId, set)
-    if (remove.length === 0) return
-    // removing an absent key is a no-op, as in a merge; a missing volume is still ENOENT
-    const present = (await cinder.showVolume(volumeId)).metadata
-    for (const key of remove) if (key in present) await cinder.deleteMetadataKey(volumeId, key)
+    for (const key of remove) {
+      try {
+        await cinder.deleteMetadataKey(volumeId, key)
+      } catch (err) {
+        // Removing an absent key is a no-op, as in a merge; a missing volume is
+        // still ENOENT. Asking only on a 404 saves a GET per removal.
+        if (!(err instanceof CinderfsError && err.code === 'ENOENT')) throw err
+        await cinder.showVolume(volumeId)
+      }
+    }
   }
 
   async setReadOnly(volumeId: string, readOnly: boolean): Promise<void> {
@@ -124,10 +195,22 @@ export class CinderVolumeService implements VolumeService {
   }
 
   async delete(volumeId: string): Promise<void> {
-    await (await this.client()).deleteVolume(volumeId)
+    const cinder = await this.client()
+    // a taken spare whose attachment was never handed out still holds it
+    const attachment = this.spareAttachments.get(volumeId)
+    if (attachment !== undefined) {
+      this.spareAttachments.delete(volumeId)
+      await cinder.detach(attachment)
+    }
+    await cinder.deleteVolume(volumeId)
   }
 
   async attach(volumeId: string, mode: AttachMode): Promise<Attachment> {
+    const ready = this.spareAttachments.get(volumeId)
+    if (ready !== undefined && mode === 'rw') {
+      this.spareAttachments.delete(volumeId)
+      return ready
+    }
     return await (await this.client()).attach(volumeId, mode)
   }
 
@@ -146,7 +229,22 @@ export class CinderVolumeService implements VolumeService {
     return { totalBytes: quota.limit * GiB, freeBytes: Math.max(0, quota.limit - quota.used) * GiB }
   }
 
+  /** Deletes the spares (a clean stop leaves none), then closes the connections. */
   async close(): Promise<void> {
+    this.closed = true
+    const spares = (await Promise.all(this.spares.splice(0))).filter(spare => spare !== undefined)
+    const cinder = spares.length + this.spareAttachments.size === 0 ? undefined : await this.client().catch(() => undefined)
+    await Promise.all([
+      ...spares.map(async ({ volume, attachment }) => {
+        await cinder?.detach(attachment)
+        await cinder?.deleteVolume(volume.id)
+      }),
+      // taken, never attached by the caller: the volume is the caller's, the attachment ours
+      ...[...this.spareAttachments.values()].map(async attachment => cinder?.detach(attachment)),
+    ].map(async step => step.catch((err: unknown) => {
+      this.logger.warn({ err }, 'could not remove a spare volume or attachment; recovery at the next mount does')
+    })))
+    this.spareAttachments.clear()
     this.http.close()
   }
 
@@ -163,6 +261,7 @@ export class CinderVolumeService implements VolumeService {
       stateTransitionTimeoutSeconds: settings.stateTransitionTimeoutSeconds,
       host: this.host,
       ip: this.options.ip ?? hostIp(),
+      ...(this.options.initiator === undefined ? {} : { initiator: this.options.initiator }),
       ...(settings.endpointOverride === undefined ? {} : { endpointOverride: settings.endpointOverride }),
       ...(settings.maxMicroversion === undefined ? {} : { maxMicroversion: settings.maxMicroversion }),
     })
@@ -190,4 +289,10 @@ function toVolume(v: CinderVolume): Volume {
     createdAt: v.createdAt,
     updatedAt: v.updatedAt,
   }
+}
+
+/** A volume made and attached ahead of need. */
+interface Spare {
+  volume: CinderVolume
+  attachment: Attachment
 }

@@ -1,12 +1,15 @@
 import { AttachmentManager } from '../attachments/attachment-manager.js'
-import { openBackend } from './backend.js'
+import { openBackend, openRegistration, type GlanceRegistration } from './backend.js'
 import { BlockCache } from '../cache/block-cache.js'
 import type { Config } from '../config/config.js'
 import { formatSize } from '../config/sizes.js'
 import { ConnectorRegistry } from '../connectors/registry.js'
+import type { VolumeService } from '../backends/volume-service.js'
 import { errorMessage } from '../errors/errors.js'
+import { candidates } from '../glance/registration.js'
 import { ImageFs } from '../fs/image-fs.js'
 import { ImageLifecycle } from '../image/lifecycle.js'
+import { Janitor } from '../janitor/janitor.js'
 import { systemClock } from '../model/clock.js'
 import { fuseOperations } from '../fuse/fuse-adapter.js'
 import { mountFuse3 } from '../fuse/fuse3-mount.js'
@@ -21,19 +24,32 @@ const mountCheckMs = 2000
 
 /** Builds the layers, recovers, mounts, and runs until SIGINT/SIGTERM or an outside unmount. Resolves with the exit code. */
 export async function runMount(config: Config, log: Logger): Promise<number> {
-  const backend = await openBackend(config, log)
+  const janitor = new Janitor({ logger: log })
+  const apiRetryWindowMs = config.apiRetryWindowSeconds * 1000
+  const backend = await openBackend(config, log, janitor, { spares: config.readOnly ? 0 : config.createAhead })
   const { service } = backend
+  let glance: GlanceRegistration | undefined
+  try {
+    if (config.glanceRegister) glance = await openRegistration(config, false, log)
+  } catch (err) {
+    await service.close()
+    throw err
+  }
+  const registering = glance === undefined ? undefined : new RegistrationQueue(glance, service, log)
   const attachments = new AttachmentManager({
-    service, connectors: new ConnectorRegistry(backend.connectors), idleDetachMs: config.idleDetachSeconds * 1000, logger: log,
+    service, connectors: new ConnectorRegistry(backend.connectors), idleDetachMs: config.idleDetachSeconds * 1000, logger: log, janitor,
   })
   const cache = new BlockCache({ budgetBytes: config.cacheSize, blockSize: config.blockSize, readaheadBytes: config.readahead })
   const store = new ImageStore({ service, logger: log, listTtlMs: config.listTtlSeconds * 1000, owner: { uid: config.uid, gid: config.gid } })
   const lifecycle = new ImageLifecycle({
     service, store, attachments, cache, logger: log, imageOwner: backend.imageOwner, host: config.host, uid: config.uid, gid: config.gid,
+    janitor, apiRetryWindowMs,
+    ...(registering === undefined ? {} : { imageReady: (volumeId: string) => { registering.add(volumeId) } }),
   })
   const fs = new ImageFs({
     service, store, lifecycle, attachments, cache, logger: log, clock: systemClock, readOnly: config.readOnly,
     writeBuffer: config.writeBuffer, sealDelayMs: config.sealDelaySeconds * 1000, uid: config.uid, gid: config.gid,
+    apiRetryWindowMs,
   })
   const metrics = new Metrics()
   try {
@@ -52,7 +68,7 @@ export async function runMount(config: Config, log: Logger): Promise<number> {
     blockSize: formatSize(config.blockSize), readahead: formatSize(config.readahead), host: config.host,
   }, 'mounted')
 
-  const report = (): void => { log.info({ metrics: metrics.snapshot(), cache: cache.stats }, 'metrics') }
+  const report = (): void => { log.info({ metrics: metrics.snapshot(), cache: cache.stats, pendingCleanups: janitor.size }, 'metrics') }
   process.on('SIGUSR2', report)
   return new Promise<number>(resolve => {
     let stopping = false
@@ -73,6 +89,12 @@ export async function runMount(config: Config, log: Logger): Promise<number> {
         for (const [step, work] of [
           ['unmount', async () => { if (signal !== 'unmounted') await mount.unmount() }],
           ['shutdown', async () => fs.shutdown()],
+          ['registration', async () => { await registering?.idle(); glance?.close() }],
+          // Bounded: what is still pending after the window is logged, one line each, and the next start's recovery does it.
+          ['cleanups', async () => {
+            const left = await janitor.drain(apiRetryWindowMs)
+            if (left > 0) throw new Error(`${left} cleanup step(s) left for recovery at the next start`)
+          }],
           ['backend', async () => service.close()],
           ['pidfile', async () => removePidFile(config.mountpoint)],
         ] as const) {
@@ -91,4 +113,31 @@ export async function runMount(config: Config, log: Logger): Promise<number> {
     process.on('SIGINT', () => stop('SIGINT'))
     process.on('SIGTERM', () => stop('SIGTERM'))
   })
+}
+
+/**
+ * --glance-register: registers images one at a time, in the order they became
+ * ready, off the file-system path (a slow Glance never holds up a close or a
+ * rename). Each decision is logged by the registrar; the daemon waits for the
+ * queue before it stops.
+ */
+class RegistrationQueue {
+  private tail: Promise<void> = Promise.resolve()
+
+  constructor(private readonly glance: GlanceRegistration, private readonly service: VolumeService, private readonly log: Logger) {}
+
+  add(volumeId: string): void {
+    this.tail = this.tail.then(async () => {
+      const volume = await this.service.get(volumeId)
+      // only complete images named by a Glance image id; a temporary name (rsync's) waits for its rename
+      if (candidates([volume]).length === 0 || !volume.readOnly) return
+      await this.glance.registrar.register(volume)
+    }).catch((err: unknown) => {
+      this.log.warn({ volumeId, err: errorMessage(err), glance: this.glance.endpoint }, 'could not register the image in Glance; run cinderfs register later')
+    })
+  }
+
+  async idle(): Promise<void> {
+    await this.tail
+  }
 }

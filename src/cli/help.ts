@@ -4,6 +4,7 @@ export const usage = `NAME
 SYNOPSIS
     cinderfs mount MOUNTPOINT [OPTIONS]
     cinderfs unmount MOUNTPOINT
+    cinderfs register [IMAGE_ID...] --backend cinder [--dry-run] [--retire] [OPTIONS]
     cinderfs --help | --version
 
 DESCRIPTION
@@ -19,6 +20,24 @@ DESCRIPTION
 
     mount runs in the foreground until SIGINT or SIGTERM, then fails uploads
     still being written, detaches every volume, unmounts and exits 0.
+
+    Outages: a cleanup step that fails (a detach, a volume delete, marking an
+    image read-only) is retried with backoff while the daemon runs, and at
+    stop for at most --api-retry-window; what is still left then is logged,
+    one line each, and the next start's recovery does it (exit status 1).
+    The calls an upload needs (create, grow, attach, final metadata) retry
+    through an outage of up to --api-retry-window while writes wait in the
+    write buffer; past it the writer gets EIO. Reading an image that is not
+    attached yet fails at once with EIO while Cinder cannot be reached.
+
+    register makes Glance serve images from their volumes: for each complete
+    image volume whose name is a Glance image id (or only the IMAGE_IDs
+    given), it compares the size, md5 and sha512 Glance recorded with the ones
+    cinderfs computed while writing and, when they match, adds the volume's
+    cinder:// location (PATCH /v2/images/{id}; Glance needs
+    show_multiple_locations = True). One line per image (registered,
+    already-there, mismatch, not-in-glance, no-hashes, empty, failed) and a
+    summary on stdout. Images Glance does not know are left alone.
 
 OPTIONS
     --backend local|cinder
@@ -49,6 +68,15 @@ OPTIONS
         Writes held in memory while a volume grows (default 256M).
     --list-ttl SECONDS
         How long a volume listing is trusted (default 5).
+    --api-retry-window SECONDS
+        How long each OpenStack call an upload needs keeps retrying a
+        refused connection or a 5xx (a service restart) before the writer
+        gets EIO (default 60); also how long the janitor may finish pending
+        cleanups at stop.
+    --cinder-state-timeout SECONDS
+        cinder backend: how long a volume may take to be created, extended
+        or deleted (default 300, or cinder_state_transition_timeout of
+        --glance-config).
     --os-cloud NAME
         cinder backend: the cloud of clouds.yaml to use (./clouds.yaml,
         ~/.config/openstack/clouds.yaml, /etc/openstack/clouds.yaml).
@@ -68,6 +96,10 @@ OPTIONS
     --ceph-keyring-dir DIR
         Where <cluster>.client.<user>.keyring files are, for volumes Cinder
         serves from Ceph RBD (default /etc/ceph).
+    --iscsi-initiator IQN
+        The iSCSI initiator name cinderfs logs in as and gives Cinder, which
+        exports iSCSI volumes to it (default: InitiatorName of
+        /etc/iscsi/initiatorname.iscsi, else iqn.2026-12.io.cinderfs:HOST).
     --image-owner ID
         image_owner of new images (default: the project of the OpenStack
         account, as Glance records it; cinderfs with the local backend).
@@ -84,6 +116,27 @@ OPTIONS
         Let users other than the one who mounted use the mount.
     --read-only
         Refuse every change.
+    --create-ahead N
+        cinder backend: keep N spare 1 GiB volumes created and attached ahead
+        of need (default 0), so a new image costs one request instead of a
+        create, its status polls and an attach: for migrating many small
+        images. Each spare holds a volume and 1 GiB of quota while the mount
+        runs; a clean stop deletes them, and so does recovery after a crash.
+    --glance-register
+        mount: register each image in Glance when it is sealed or renamed to
+        its image id (as register does), in the background.
+    --glance-store ID
+        The id of Glance's cinder store in a multi-store Glance, for location
+        URLs cinder://ID/VOLUME (default: the cinder backend section of
+        --glance-config; else the single-store form cinder://VOLUME).
+    --glance-url URL
+        Glance's endpoint instead of the catalog's (type image).
+    --retire
+        register, --glance-register: once Glance lists the volume, remove the
+        image's other locations. Glance deletes the data behind each removed
+        location (the old file). Never the last location, never on mismatch.
+    --dry-run
+        register: decide and print, change nothing.
     --log-level LEVEL
         fatal, error, warn, info (default), debug, trace or silent. Logs are
         JSON lines on stderr, pretty when stderr is a terminal.
@@ -96,12 +149,16 @@ SIZES
     Bytes, or a number with K, M, G or T (powers of 1024): 512K, 1M, 2G.
 
 EXIT STATUS
-    0 on a clean stop, 1 on a failure while running, 2 for bad flags or
-    configuration (one line on stderr says which).
+    0 on a clean stop, 1 on a failure while running or cleanups left for
+    the next start, 2 for bad flags or configuration (one line on stderr
+    says which). register: 0 every image registered or already there, 1 a
+    failure or Glance unreachable, 3 a checksum mismatch, 4 some images left
+    alone (not in Glance, no hashes, empty).
 
 EXAMPLES
     cinderfs mount /mnt/images
     cp cirros.img /mnt/images/8a1f3c1e-0b7e-4a4c-9d7d-3f1c2b6a9e10
     rsync -a /var/lib/glance/images/ /mnt/images/
+    cinderfs register --backend cinder --glance-config /etc/glance/glance-api.conf --dry-run
     cinderfs unmount /mnt/images
 `

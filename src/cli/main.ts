@@ -6,6 +6,7 @@ import { isMounted, unmountLazily } from '../fuse/mount.js'
 import { createLogger } from '../log/logger.js'
 import { parseCommand } from './args.js'
 import { runMount } from './daemon.js'
+import { runRegister } from './register.js'
 import { usage } from './help.js'
 import { readPidFile } from './runtime.js'
 import { processAlive } from '../system/process.js'
@@ -33,6 +34,16 @@ async function main(argv: string[]): Promise<number> {
       } catch (err) {
         if (err instanceof ConfigError) return usageError(err)
         log.fatal({ err: errorMessage(err) }, 'mount failed')
+        return 1
+      }
+    }
+    case 'register': {
+      const log = createLogger(command.config.logLevel)
+      try {
+        return await runRegister(command.config, { dryRun: command.dryRun, imageIds: command.imageIds }, log, line => { process.stdout.write(`${line}\n`) })
+      } catch (err) {
+        if (err instanceof ConfigError) return usageError(err)
+        process.stderr.write(`cinderfs register: ${errorMessage(err)}\n`)
         return 1
       }
     }

@@ -25,6 +25,10 @@ export interface Config {
   writeBuffer: number
   /** How long a volume listing is trusted before it is fetched again. */
   listTtlSeconds: number
+  /** How long each backend call an upload needs retries through an outage; also the janitor's time at stop. */
+  apiRetryWindowSeconds: number
+  /** cinder backend: how long a create, extend or delete may take (overrides cinder_state_transition_timeout). */
+  stateTimeoutSeconds: number | undefined
   allowOther: boolean
   readOnly: boolean
   logLevel: string
@@ -42,11 +46,23 @@ export interface Config {
   cephKeyringDir: string
   /** FUSE binding: fuse3 (native/fuse3, libfuse3 low-level) or fuse-native (libfuse2). */
   fuseBinding: FuseBindingName
+  /** iscsi connector: our initiator IQN; undefined: the host's open-iscsi one, else derived from `host`. */
+  iscsiInitiator: string | undefined
   /** Host name this daemon attaches as; recovery cleans up only what this host left. */
   host: string
   /** Owner and group shown for images that carry none. */
   uid: number
   gid: number
+  /** mount: register each image in Glance when it is sealed (see src/glance/registration.ts). */
+  glanceRegister: boolean
+  /** Multi-store id of Glance's cinder store for location URLs (else from --glance-config; else single-store URLs). */
+  glanceStore: string | undefined
+  /** Glance's URL instead of the catalog's. */
+  glanceUrl: string | undefined
+  /** cinder backend: spare volumes kept created and attached ahead of need (each holds 1 GiB of quota). */
+  createAhead: number
+  /** Registration removes the image's other locations once Glance lists the volume (Glance deletes their data). */
+  retire: boolean
 }
 
 export function defaultLocalDir(): string {
@@ -65,6 +81,7 @@ export const defaults = {
   sealDelaySeconds: 10,
   writeBuffer: 256 * 1024 ** 2,
   listTtlSeconds: 5,
+  apiRetryWindowSeconds: 60,
   logLevel: 'info',
   localImageOwner: 'cinderfs',
   cephKeyringDir: '/etc/ceph',
@@ -84,12 +101,21 @@ export function validateConfig(config: Config): Config {
   if (!Number.isFinite(config.idleDetachSeconds) || config.idleDetachSeconds < 0) throw new ConfigError('--idle-detach: must be a number of seconds, 0 or more')
   if (!Number.isFinite(config.sealDelaySeconds) || config.sealDelaySeconds < 0 || config.sealDelaySeconds > 86_400) throw new ConfigError('--seal-delay: must be a number of seconds from 0 to 86400')
   if (!Number.isFinite(config.listTtlSeconds) || config.listTtlSeconds < 0) throw new ConfigError('--list-ttl: must be a number of seconds, 0 or more')
+  if (!Number.isFinite(config.apiRetryWindowSeconds) || config.apiRetryWindowSeconds < 0) throw new ConfigError('--api-retry-window: must be a number of seconds, 0 or more')
+  if (config.stateTimeoutSeconds !== undefined && !(config.stateTimeoutSeconds >= 1)) throw new ConfigError('--cinder-state-timeout: must be at least 1 second')
   if (!logLevels.includes(config.logLevel)) throw new ConfigError(`--log-level: '${config.logLevel}' is not one of ${logLevels.join(', ')}`)
   if (config.imageOwner !== undefined && (config.imageOwner === '' || config.imageOwner.length > 255)) throw new ConfigError('--image-owner: must be 1 to 255 characters')
   if (config.host === '') throw new ConfigError('--host: must not be empty')
-  if (config.backend === 'local' && (config.osCloud ?? config.glanceConfig ?? config.volumeType ?? config.maxMicroversion) !== undefined) {
-    throw new ConfigError('--os-cloud, --glance-config, --volume-type and --os-max-microversion need --backend cinder')
+  if (config.backend === 'local' && (config.osCloud ?? config.glanceConfig ?? config.volumeType ?? config.maxMicroversion ?? config.stateTimeoutSeconds) !== undefined) {
+    throw new ConfigError('--os-cloud, --glance-config, --volume-type, --os-max-microversion and --cinder-state-timeout need --backend cinder')
   }
+  if (config.backend === 'local' && (config.glanceRegister || config.glanceStore !== undefined || config.glanceUrl !== undefined || config.retire)) {
+    throw new ConfigError('--glance-register, --glance-store, --glance-url and --retire need --backend cinder (Glance serves images from Cinder)')
+  }
+  if (config.retire && !config.glanceRegister && config.mountpoint !== '') throw new ConfigError('--retire needs --glance-register')
+  if (config.glanceStore !== undefined && !/^[A-Za-z0-9_.-]{1,255}$/.test(config.glanceStore)) throw new ConfigError(`--glance-store: '${config.glanceStore}' is not a Glance store id`)
+  if (!Number.isInteger(config.createAhead) || config.createAhead < 0 || config.createAhead > 16) throw new ConfigError('--create-ahead: must be a whole number from 0 to 16')
+  if (config.backend === 'local' && config.createAhead > 0) throw new ConfigError('--create-ahead needs --backend cinder')
   if (config.maxMicroversion !== undefined && !/^3\.\d{1,3}$/.test(config.maxMicroversion)) {
     throw new ConfigError(`--os-max-microversion: '${config.maxMicroversion}' is not a Cinder v3 microversion such as 3.27`)
   }

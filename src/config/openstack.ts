@@ -20,6 +20,8 @@ export interface OpenStackSettings {
   availabilityZone?: string
   stateTransitionTimeoutSeconds: number
   maxMicroversion?: string
+  /** Multi-store Glance: the id of the cinder store (its glance-api.conf section), which location URLs name. */
+  glanceStore?: string
 }
 
 /** Command-line choices; flags win over every file and variable. */
@@ -30,7 +32,7 @@ export interface OpenStackSources {
   glanceConfig?: string
   /** Section of a multi-store glance-api.conf (default: the first cinder backend). */
   glanceBackend?: string
-  overrides?: Partial<Pick<OpenStackSettings, 'endpointOverride' | 'volumeType' | 'availabilityZone' | 'maxMicroversion'>> & { region?: string, interface?: EndpointInterface }
+  overrides?: Partial<Pick<OpenStackSettings, 'endpointOverride' | 'volumeType' | 'availabilityZone' | 'maxMicroversion' | 'stateTransitionTimeoutSeconds'>> & { region?: string, interface?: EndpointInterface }
   env?: NodeJS.ProcessEnv
   /** Where ./clouds.yaml and ~/.config/openstack are looked up (tests). */
   cwd?: string
@@ -55,7 +57,7 @@ export function openStackSettings(sources: OpenStackSources = {}): OpenStackSett
   const o = sources.overrides ?? {}
   return {
     ...settings,
-    ...defined({ endpointOverride: o.endpointOverride, volumeType: o.volumeType, availabilityZone: o.availabilityZone, maxMicroversion: o.maxMicroversion }),
+    ...defined({ endpointOverride: o.endpointOverride, volumeType: o.volumeType, availabilityZone: o.availabilityZone, maxMicroversion: o.maxMicroversion, stateTransitionTimeoutSeconds: o.stateTransitionTimeoutSeconds }),
     endpoint: { ...settings.endpoint, ...defined({ region: o.region, interface: o.interface }) },
   }
 }
@@ -237,7 +239,7 @@ function fromGlanceConfig(file: string, backend: string | undefined): OpenStackS
     },
     tls: { insecure: truthy(get('cinder_api_insecure')), ...defined({ caFile }) },
     stateTransitionTimeoutSeconds: seconds,
-    ...defined({ volumeType: get('cinder_volume_type') }),
+    ...defined({ volumeType: get('cinder_volume_type'), glanceStore: section === 'glance_store' ? undefined : section }),
   }
 }
 

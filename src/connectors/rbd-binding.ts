@@ -1,5 +1,4 @@
-import path from 'node:path'
-import { fail } from '../errors/errors.js'
+import { nativeAddon } from './native-addon.js'
 
 // Types and loader for native/rbd, the librbd addon. Every I/O method takes the
 // caller's Buffer (no copy) and never blocks the event loop. Rejections are
@@ -63,20 +62,9 @@ export interface RbdBinding {
   stats(): RbdStats
 }
 
-export const rbdAddonPath = path.join(__dirname, '..', '..', '..', 'native', 'rbd', 'build', 'Release', 'cinderfs_rbd.node')
+const addon = nativeAddon<RbdBinding>('rbd', 'cinderfs_rbd', 'librbd-dev and librados-dev')
 
-let binding: RbdBinding | undefined
+export const rbdAddonPath = addon.path
 
-/** The addon, loaded on first use so hosts without librbd can run every other transport. */
-export function loadRbd(): RbdBinding {
-  binding ??= requireAddon()
-  return binding
-}
-
-function requireAddon(): RbdBinding {
-  try {
-    return require(rbdAddonPath)
-  } catch (err) {
-    fail('ENOSYS', `the librbd addon is not built (${rbdAddonPath}): install librbd-dev and librados-dev, then run scripts/setup`, {}, err)
-  }
-}
+/** The addon, loaded on first use. */
+export const loadRbd: () => RbdBinding = addon.load

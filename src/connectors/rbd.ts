@@ -1,7 +1,7 @@
 import fs from 'node:fs/promises'
 import path from 'node:path'
 import type { AttachMode, ConnectionInfo } from '../model/volume.js'
-import { errorCode, fail } from '../errors/errors.js'
+import { fail, withContext } from '../errors/errors.js'
 import type { BlockDevice, Connector } from './connector.js'
 import { loadRbd, type RbdCluster, type RbdImage } from './rbd-binding.js'
 
@@ -226,10 +226,4 @@ export function keyringKey(text: string, entity: string): string | undefined {
     if (key !== null && section === entity) return key[1]
   }
   return undefined
-}
-
-/** The error with what we were doing prepended; its code (what toErrno maps) unchanged. */
-function withContext(err: unknown, doing: string): unknown {
-  if (err instanceof Error && errorCode(err) !== undefined) err.message = `${doing}: ${err.message}`
-  return err
 }

@@ -53,3 +53,9 @@ export function errorCode(err: unknown): string | undefined {
 export function errorMessage(err: unknown): string {
   return err instanceof Error ? err.message : String(err)
 }
+
+/** The error with what we were doing prepended; its code (what toErrno maps) unchanged. */
+export function withContext(err: unknown, doing: string): unknown {
+  if (err instanceof Error && errorCode(err) !== undefined) err.message = `${doing}: ${err.message}`
+  return err
+}

@@ -5,6 +5,7 @@ import type { BlockCache } from '../cache/block-cache.js'
 import { errorMessage, fail } from '../errors/errors.js'
 import type { ImageAttributeChanges, ImageLifecycle } from '../image/lifecycle.js'
 import type { Logger } from '../log/logger.js'
+import { withinRetryWindow } from '../outage/retry-window.js'
 import { AlignedBlockPool } from '../memory/aligned-blocks.js'
 import type { Clock } from '../model/clock.js'
 import { GiB } from '../model/volume.js'
@@ -29,18 +30,20 @@ export interface ImageFsOptions {
   writeBuffer: number
   /** How long a finalised image stays writable by this host after its last writer closed; 0 seals at once. */
   sealDelayMs: number
+  /** How long the backend calls of an upload (create, attach, grow) ride out an outage. */
+  apiRetryWindowMs: number
   uid: number
   gid: number
 }
 
 /** Log lines tests and operators wait for. */
 export const fsMessages = {
+  uploadStarted: 'upload started',
   refusedFinal: 'refused: finalised images are read-only',
   refusedNotRegular: 'refused: cinderfs holds only regular image files',
   unlinkedOpen: 'open image unlinked; deleting it when its last handle closes',
   dropped: 'upload dropped; deleting its volume',
-  cleanupFailed: 'cleanup failed; recovery at next start will retry',
-  sealFailed: 'marking the image read-only failed; recovery at next start will retry',
+  sealFailed: 'detaching the image to seal it failed; the janitor retries',
 } as const
 
 /** The I/O size we advertise (st_blksize); FUSE moves at most 128 KiB per request with libfuse2. */
@@ -110,7 +113,7 @@ export class ImageFs {
 
   async create(path: string, mode: number): Promise<number> {
     // Shutdown waits for creates in flight, so none leaves a volume behind it.
-    const creating = this.startUpload(path, mode)
+    const creating = withinRetryWindow(this.o.apiRetryWindowMs, async () => this.startUpload(path, mode))
     const tracked = creating.then(() => undefined, () => undefined)
     this.creating.add(tracked)
     try {
@@ -134,15 +137,14 @@ export class ImageFs {
       lease = await this.o.attachments.acquire(volumeId, 'rw')
     } catch (err) {
       // No orphan volume when the attach fails.
-      await this.o.lifecycle.delete(volumeId).catch((deleteErr: unknown) => {
-        this.log.error({ volumeId, err: errorMessage(deleteErr) }, fsMessages.cleanupFailed)
-      })
+      await this.o.lifecycle.discard(volumeId)
       throw err
     }
-    const volume = new GrowableVolume({ volumeId, sizeGiB: entry.volume.sizeGiB, lease, service: this.o.service, attachments: this.o.attachments, logger: this.log })
+    const volume = new GrowableVolume({ volumeId, sizeGiB: entry.volume.sizeGiB, lease, service: this.o.service, attachments: this.o.attachments, logger: this.log, apiRetryWindowMs: this.o.apiRetryWindowMs })
     const upload = new Upload({ volumeId, name, volume, writeBuffer: this.o.writeBuffer, chunks: this.uploadChunks, logger: this.o.logger })
     const image = new OpenImage(volumeId, { kind: 'writing', upload })
     this.images.set(volumeId, image)
+    this.log.info({ volumeId, name }, fsMessages.uploadStarted)
     return this.handles.open(image, 'write').id
   }
 
@@ -374,6 +376,8 @@ export class ImageFs {
   async shutdown(): Promise<void> {
     this.stopping = true
     await Promise.all(this.creating)
+    // The mount is gone: no reader will release, and a seal must not wait for one.
+    for (const image of this.images.values()) image.releaseRead()
     await Promise.all([...this.images.values()].map(async image => {
       if (image.phase.kind === 'final' && image.writers === 0) await this.seal(image)
       else await image.exclusive(async () => this.drop(image, 'cinderfs is stopping'))
@@ -490,10 +494,11 @@ export class ImageFs {
     try {
       await upload.close()
       await this.o.attachments.detachWhenIdle(image.volumeId)
-      await this.o.lifecycle.seal(image.volumeId)
     } catch (err) {
+      // a failed detach is the janitor's; the seal waits behind it there
       this.log.warn({ volumeId: image.volumeId, err: errorMessage(err) }, fsMessages.sealFailed)
     }
+    await this.o.lifecycle.sealEventually(image.volumeId)
     await image.exclusive(async () => {
       if (image.phase.kind !== 'sealing') return
       image.phase = { kind: 'sealed' }
@@ -510,9 +515,7 @@ export class ImageFs {
     this.log.warn({ volumeId: image.volumeId, reason }, fsMessages.dropped)
     await phase.upload.abort(reason)
     image.releaseRead()
-    await this.o.lifecycle.delete(image.volumeId).catch((err: unknown) => {
-      this.log.error({ volumeId: image.volumeId, err: errorMessage(err) }, fsMessages.cleanupFailed)
-    })
+    await this.o.lifecycle.discard(image.volumeId)
     if (image.handles === 0) this.untrack(image)
   }
 

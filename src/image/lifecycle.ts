@@ -1,9 +1,11 @@
 import type { AttachmentManager } from '../attachments/attachment-manager.js'
 import type { VolumeService } from '../backends/volume-service.js'
 import type { BlockCache } from '../cache/block-cache.js'
-import { errorMessage, fail } from '../errors/errors.js'
+import { errorCode, fail } from '../errors/errors.js'
+import type { Janitor } from '../janitor/janitor.js'
 import type { Logger } from '../log/logger.js'
 import type { Volume } from '../model/volume.js'
+import { withinRetryWindow } from '../outage/retry-window.js'
 import type { ImageEntry, ImageStore } from '../store/image-store.js'
 import { attributeMetadata, isImageVolume, keys } from '../store/metadata.js'
 import { isUuid, volumeNameOf } from '../store/names.js'
@@ -28,11 +30,17 @@ export interface ImageLifecycleOptions {
   host: string
   uid: number
   gid: number
+  /** Cleanups that fail (a delete, a seal) are retried there while the daemon runs. */
+  janitor: Janitor
+  /** How long the calls an upload needs (create, reopen, final metadata) ride out an outage. */
+  apiRetryWindowMs: number
+  /** Told when an image is sealed or renamed, e.g. to register it in Glance; never awaited. */
+  imageReady?: (volumeId: string) => void
 }
 
 /** Log lines tests and operators wait for. */
 export const lifecycleMessages = {
-  begun: 'upload started',
+  begun: 'image volume created for an upload',
   completed: 'image finalised',
   reopened: 'finalised image reopened for writing',
   sealed: 'image sealed read-only',
@@ -68,7 +76,7 @@ export class ImageLifecycle {
       ...attributeMetadata({ mode, uid: this.o.uid, gid: this.o.gid }),
     }
     if (isUuid(name)) metadata[keys.glanceImageId] = name
-    const volume = await this.o.service.create({ name: volumeNameOf(name), sizeGiB: 1, metadata })
+    const volume = await this.withinWindow(async () => this.o.service.create({ name: volumeNameOf(name), sizeGiB: 1, metadata }))
     const entry = { name, volume, attrs: this.o.store.decode(volume) }
     this.o.store.set(entry)
     this.o.store.pin(name)
@@ -89,7 +97,7 @@ export class ImageLifecycle {
       [keys.sha512]: result.digests.sha512,
       [keys.state]: null,
     }
-    await this.o.service.updateMetadata(volumeId, changes)
+    await this.withinWindow(async () => this.o.service.updateMetadata(volumeId, changes))
     this.record(volumeId, changes, { sizeGiB: result.sizeGiB })
     const entry = this.o.store.byVolume(volumeId)
     if (entry !== undefined) this.o.store.unpin(entry.name)
@@ -99,7 +107,7 @@ export class ImageLifecycle {
   /** A finalised, unsealed image taken back for writing (inside the seal delay). */
   async reopen(volumeId: string): Promise<void> {
     const changes = { [keys.state]: 'uploading', [keys.host]: this.o.host }
-    await this.o.service.updateMetadata(volumeId, changes)
+    await this.withinWindow(async () => this.o.service.updateMetadata(volumeId, changes))
     this.o.cache.forget(volumeId)
     this.record(volumeId, changes)
     const entry = this.o.store.byVolume(volumeId)
@@ -118,6 +126,21 @@ export class ImageLifecycle {
     await this.o.service.updateMetadata(volumeId, changes)
     this.record(volumeId, changes, { readOnly: true })
     this.log.info({ volumeId, name: this.o.store.byVolume(volumeId)?.name }, lifecycleMessages.sealed)
+    this.o.imageReady?.(volumeId)
+  }
+
+  /** seal, or when it fails (an outage, the volume still attached) the janitor's to retry. Never throws. */
+  async sealEventually(volumeId: string): Promise<void> {
+    await this.o.janitor.attempt({ volumeId, call: 'seal', run: async () => this.seal(volumeId) })
+  }
+
+  /** delete, or when it fails the janitor's to retry (a volume still `creating` goes once Cinder allows it). Never throws. */
+  async discard(volumeId: string): Promise<void> {
+    await this.o.janitor.attempt({
+      volumeId,
+      call: 'delete volume',
+      run: async () => this.delete(volumeId).catch((err: unknown) => { if (errorCode(err) !== 'ENOENT') throw err }),
+    })
   }
 
   /** An image unlinked while open: a crash before its delete leaves it for recovery, not as an image. */
@@ -157,6 +180,7 @@ export class ImageLifecycle {
     this.o.store.set({ name: toName, volume, attrs: { ...current.attrs, generation } })
     if (pinned) this.o.store.pin(toName)
     this.log.info({ volumeId, from: entry.name, to: toName }, lifecycleMessages.renamed)
+    this.o.imageReady?.(volumeId)
   }
 
   async setAttributes(volumeId: string, changes: ImageAttributeChanges): Promise<void> {
@@ -171,13 +195,13 @@ export class ImageLifecycle {
    * finalised but not sealed, and delete volumes it was uploading or deleting
    * (a partial upload is never shown as an image; it is not resumed). One
    * leftover that cannot be cleaned now (Cinder refuses, another process
-   * holds it) is logged and left for the next start: it must not keep every
-   * other image from being served.
+   * holds it) is the janitor's to retry while the daemon runs: it must not
+   * keep every other image from being served.
    */
   async recover(): Promise<void> {
-    const attempt = async (what: string, ids: Record<string, string>, work: () => Promise<void>): Promise<void> => {
+    const attempt = async (what: string, ids: { volumeId: string, attachmentId?: string, name?: string }, work: () => Promise<void>): Promise<void> => {
       this.log.warn(ids, `recovery: ${what}`)
-      await work().catch((err: unknown) => { this.log.error({ ...ids, err: errorMessage(err) }, `recovery: could not ${what}; retried at the next start`) })
+      await this.o.janitor.attempt({ volumeId: ids.volumeId, call: `recovery: ${what}`, ...(ids.attachmentId === undefined ? {} : { attachmentId: ids.attachmentId }), run: work })
     }
     for (const attachment of await this.o.service.listOwnAttachments()) {
       await attempt('delete an attachment left by an earlier run', { volumeId: attachment.volumeId, attachmentId: attachment.id }, async () => this.o.service.detach(attachment))
@@ -195,6 +219,11 @@ export class ImageLifecycle {
         await attempt(`delete a volume left ${image.attrs.state} by an earlier run`, ids, async () => this.o.service.delete(image.volume.id))
       }
     }
+  }
+
+  /** A call an upload cannot do without: it rides out a short outage (--api-retry-window). */
+  private async withinWindow<T>(call: () => Promise<T>): Promise<T> {
+    return withinRetryWindow(this.o.apiRetryWindowMs, call)
   }
 
   /** Applies metadata we wrote to the volume's entry, and decodes it again. */

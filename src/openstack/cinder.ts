@@ -30,6 +30,8 @@ export interface CinderOptions {
   host: string
   /** The connector's `ip`. */
   ip: string
+  /** The connector's `initiator` (our iSCSI IQN), which iSCSI targets admit. */
+  initiator?: string
 }
 
 export interface CinderVolume {
@@ -139,6 +141,12 @@ export class CinderClient {
 
   async renameVolume(volumeId: string, name: string): Promise<void> {
     await this.call('PUT', `/volumes/${volumeId}`, { body: { volume: { name } }, context: { volumeId } })
+  }
+
+  /** Renames and replaces the whole user metadata in one request (keys not named are removed). */
+  async renameAndReplaceMetadata(volumeId: string, name: string, metadata: Record<string, string>): Promise<CinderVolume> {
+    const response = await this.call('PUT', `/volumes/${volumeId}`, { body: { volume: { name, metadata } }, context: { volumeId } })
+    return parseVolume(member(response.data, 'volume'))
   }
 
   /** POST merges: keys not named stay as they are. */
@@ -270,16 +278,20 @@ export class CinderClient {
   }
 
   private async attachNew(volumeId: string, mode: AttachMode): Promise<Attachment> {
-    // Create without a connector, then update: a one-shot create ignores
-    // mode ro (the device comes out rw). Never send instance_uuid: deleting
-    // such an attachment makes Cinder call Nova, which fails without one.
-    const created = await this.call('POST', '/attachments', { body: { attachment: { volume_uuid: volumeId, mode } }, idempotent: false, context: { volumeId } })
+    // rw: one create with the connector. ro: create without a connector, then
+    // update, since a one-shot create ignores mode ro (the device comes out
+    // rw). Never send instance_uuid: deleting such an attachment makes Cinder
+    // call Nova, which fails without one.
+    const oneShot = mode === 'rw'
+    const body = oneShot ? { volume_uuid: volumeId, mode, connector: this.connector(mode) } : { volume_uuid: volumeId, mode }
+    const created = await this.call('POST', '/attachments', { body: { attachment: body }, idempotent: false, context: { volumeId } })
     const reserved = member(created.data, 'attachment')
     const attachmentId = string(reserved, 'id')
     const context = { volumeId, attachmentId }
     try {
-      const updated = await this.call('PUT', `/attachments/${attachmentId}`, { body: { attachment: { connector: this.connector(mode) } }, context })
-      const attachment = member(updated.data, 'attachment')
+      const attachment = oneShot
+        ? reserved
+        : member((await this.call('PUT', `/attachments/${attachmentId}`, { body: { attachment: { connector: this.connector(mode) } }, context })).data, 'attachment')
       if (this.supports(FEATURES.attachmentComplete)) {
         await this.call('POST', `/attachments/${attachmentId}/action`, { body: { 'os-complete': null }, context })
       }
@@ -348,7 +360,9 @@ export class CinderClient {
 
   /** What os-brick's get_connector_properties would send; `host` is mandatory (Cinder answers 500 without it). */
   private connector(mode: AttachMode): Json {
-    return { host: this.options.host, ip: this.options.ip, platform: os.machine(), os_type: process.platform, multipath: false, mode }
+    const { host, ip, initiator } = this.options
+    // multipath: true makes iSCSI drivers send every portal (target_portals), which the iscsi connector fails over between.
+    return { host, ip, ...(initiator === undefined ? {} : { initiator }), platform: os.machine(), os_type: process.platform, multipath: true, mode }
   }
 
   // ---------------------------------------------------------- plumbing
@@ -359,20 +373,22 @@ export class CinderClient {
   }
 
   private async call(method: 'GET' | 'POST' | 'PUT' | 'DELETE', path: string, request: { body?: unknown, idempotent?: boolean, context?: Record<string, string> }): Promise<HttpResponse> {
-    return await this.options.keystone.withToken(token => this.options.http.send({
+    return await this.options.http.send({
       method,
       url: this.base + path,
-      headers: { 'X-Auth-Token': token.id, 'OpenStack-API-Version': `volume ${formatMicroversion(this.microversion)}` },
+      headers: { 'OpenStack-API-Version': `volume ${formatMicroversion(this.microversion)}` },
+      auth: this.options.keystone.authenticator(),
       body: request.body,
       idempotent: request.idempotent ?? method !== 'POST',
       ...(request.context === undefined ? {} : { context: request.context }),
-    }))
+    })
   }
 
   private async poll(volumeId: string, done: () => Promise<boolean>): Promise<void> {
     const timeoutMs = (this.options.stateTransitionTimeoutSeconds ?? 300) * 1000
     const deadline = Date.now() + timeoutMs
-    let delayMs = 100
+    // A create or delete on a healthy Cinder settles in a few hundred ms: ask often at first.
+    let delayMs = 50
     while (!(await done())) {
       if (Date.now() >= deadline) throw new CinderfsError('ETIMEDOUT', `volume ${volumeId}: no final status after ${timeoutMs / 1000} s`, { volumeId })
       await new Promise(resolve => setTimeout(resolve, delayMs))
@@ -400,7 +416,7 @@ function checkStatus(volume: CinderVolume, transitional: string[], target: strin
 async function discover(http: HttpClient, keystone: KeystoneClient, base: string): Promise<{ min: Microversion, max: Microversion }> {
   // The versioned root (…/v3/) works behind any path prefix; Cinder wants a token there.
   const root = base.replace(/\/v3(\/.*)?$/, '') + '/v3/'
-  const reply = await keystone.withToken(token => http.send({ method: 'GET', url: root, headers: { 'X-Auth-Token': token.id }, idempotent: true, accept: [300] }))
+  const reply = await http.send({ method: 'GET', url: root, auth: keystone.authenticator(), idempotent: true, accept: [300] })
   const versions = array(object(reply.data, 'version document').versions, 'versions').map(v => object(v, 'version'))
   const v3 = versions.find(v => optionalString(v, 'id')?.startsWith('v3') === true)
   if (v3 === undefined) fail('EIO', `Cinder at ${base} does not offer API v3`)

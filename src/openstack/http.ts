@@ -4,6 +4,7 @@ import https from 'node:https'
 import axios, { isAxiosError, type AxiosInstance, type Method } from 'axios'
 import type { Logger } from 'pino'
 import { CinderfsError, ConfigError, type ErrnoName } from '../errors/errors.js'
+import { currentRetryWindow } from '../outage/retry-window.js'
 
 export interface TlsOptions {
   /** PEM bundle to trust instead of Node's built-in CAs. */
@@ -17,7 +18,7 @@ export interface HttpOptions {
   tls?: TlsOptions
   /** Per request, milliseconds. */
   timeoutMs?: number
-  /** Extra attempts for idempotent requests after a connection error or 5xx. */
+  /** Extra attempts after a transient failure, outside a retry window (see withinRetryWindow). */
   retries?: number
   /** First retry delay; doubles per attempt. */
   retryDelayMs?: number
@@ -34,6 +35,19 @@ export interface HttpRequest {
   context?: Record<string, string>
   /** Non-2xx statuses that are answers, not errors (300 from version discovery). */
   accept?: number[]
+  /** Authenticates each attempt afresh; a 401 renews the credentials once and retries. */
+  auth?: Authenticator
+}
+
+/**
+ * Where a request's authentication headers come from. Asked before every
+ * attempt, so a retry after minutes of 5xx never carries a token that
+ * expired meanwhile.
+ */
+export interface Authenticator {
+  headers(): Promise<Record<string, string>>
+  /** The server answered 401 to these headers: forget them, so the next headers() authenticates again. */
+  refused(headers: Record<string, string>): void
 }
 
 export interface HttpResponse {
@@ -44,6 +58,12 @@ export interface HttpResponse {
 }
 
 const RETRY_DELAY_CAP_MS = 5000
+/** Logged (warn) before each retry; tests wait for it. */
+export const RETRYING_MESSAGE = 'openstack request failed, retrying'
+/** Logged (info) when a 401 makes the request authenticate again. */
+export const REAUTHENTICATING_MESSAGE = 'credentials refused (401), authenticating again'
+/** Connection failures that prove the request never reached the server: safe to send again even when a second run would do harm. */
+const NOT_SENT = new Set(['ECONNREFUSED', 'ENOTFOUND', 'EAI_AGAIN', 'EHOSTUNREACH', 'ENETUNREACH'])
 
 /**
  * The one HTTP path to Keystone and Cinder: keep-alive connections, TLS
@@ -77,16 +97,30 @@ export class HttpClient {
     })
   }
 
+  /**
+   * Sends, retrying transient failures: a connection that was refused (the
+   * request never left, so even a create may go again), and for idempotent
+   * requests any connection error or 5xx. Inside a retry window the retries
+   * go on until the window is used up; outside one, `retries` times.
+   */
   async send(request: HttpRequest): Promise<HttpResponse> {
+    const windowMs = currentRetryWindow()
+    const deadline = windowMs === undefined ? undefined : Date.now() + windowMs
+    const mayRetry = (attempt: number): boolean => deadline === undefined
+      ? attempt < this.retries
+      : Date.now() + this.delayOf(attempt) < deadline
+    let renewed = false
     for (let attempt = 0; ; attempt++) {
-      const retryable = request.idempotent && attempt < this.retries
       const started = Date.now()
+      const auth = await request.auth?.headers() ?? {}
       let response: HttpResponse
       try {
-        response = await this.once(request)
+        response = await this.once(request, auth)
       } catch (err) {
         const failure = connectionError(request, err)
-        if (!retryable) throw failure
+        const code = failure.details.code
+        // One retry whatever the window: a keep-alive socket the server had just closed is the common case.
+        if (!((request.idempotent || (typeof code === 'string' && NOT_SENT.has(code))) && (attempt === 0 || mayRetry(attempt)))) throw failure
         await this.pause(request, attempt, failure)
         continue
       }
@@ -96,8 +130,16 @@ export class HttpClient {
         this.logger.debug(line, 'openstack request')
         return response
       }
+      if (response.status === 401 && request.auth !== undefined && !renewed) {
+        // An expired or revoked token: renew once (keystoneauth does the same); a second 401 is an answer.
+        renewed = true
+        request.auth.refused(auth)
+        this.logger.info(line, REAUTHENTICATING_MESSAGE)
+        attempt--
+        continue
+      }
       const failure = responseError(request, response)
-      if (response.status >= 500 && retryable) {
+      if (response.status >= 500 && request.idempotent && mayRetry(attempt)) {
         await this.pause(request, attempt, failure)
         continue
       }
@@ -111,11 +153,11 @@ export class HttpClient {
     this.httpsAgent.destroy()
   }
 
-  private async once(request: HttpRequest): Promise<HttpResponse> {
+  private async once(request: HttpRequest, auth: Record<string, string>): Promise<HttpResponse> {
     const reply = await this.axios.request({
       method: request.method,
       url: request.url,
-      headers: { Accept: 'application/json', ...request.headers },
+      headers: { Accept: 'application/json', ...request.headers, ...auth },
       data: request.body,
     })
     const header = (name: string): string | undefined => {
@@ -125,9 +167,13 @@ export class HttpClient {
     return { status: reply.status, data: reply.data, requestId: header('x-openstack-request-id'), header }
   }
 
+  private delayOf(attempt: number): number {
+    return Math.min(this.retryDelayMs * 2 ** attempt, RETRY_DELAY_CAP_MS)
+  }
+
   private async pause(request: HttpRequest, attempt: number, failure: CinderfsError): Promise<void> {
-    const delayMs = Math.min(this.retryDelayMs * 2 ** attempt, RETRY_DELAY_CAP_MS)
-    this.logger.warn({ ...request.context, method: request.method, path: pathOf(request.url), requestId: failure.details.requestId, attempt: attempt + 1, delayMs, err: failure }, 'openstack request failed, retrying')
+    const delayMs = this.delayOf(attempt)
+    this.logger.warn({ ...request.context, method: request.method, path: pathOf(request.url), requestId: failure.details.requestId, attempt: attempt + 1, delayMs, err: failure.message }, RETRYING_MESSAGE)
     await new Promise(resolve => setTimeout(resolve, delayMs))
   }
 }
@@ -184,10 +230,11 @@ function connectionError(request: HttpRequest, err: unknown): CinderfsError {
   return new CinderfsError('EIO', `${request.method.toUpperCase()} ${pathOf(request.url)}: ${reason}`, { ...request.context, code })
 }
 
-/** Cinder says {"badRequest": {"message": ...}}, Keystone {"error": {"message": ...}}. */
+/** Cinder says {"badRequest": {"message": ...}}, Keystone {"error": {"message": ...}}, Glance {"message": ...}. */
 function bodyMessage(data: unknown): string | undefined {
   if (typeof data === 'string') return data.trim().slice(0, 300) || undefined
   if (typeof data !== 'object' || data === null) return undefined
+  if ('message' in data && typeof data.message === 'string') return data.message.replace(/<br \/>/g, ' ').replace(/\s+/g, ' ').trim().slice(0, 300)
   for (const value of Object.values(data)) {
     if (typeof value === 'object' && value !== null && 'message' in value && typeof value.message === 'string') return value.message
   }

@@ -1,6 +1,6 @@
 import type { Logger } from 'pino'
 import { CinderfsError, ConfigError } from '../errors/errors.js'
-import { HttpClient, httpStatus, type HttpResponse } from './http.js'
+import { HttpClient, httpStatus, type Authenticator, type HttpResponse } from './http.js'
 import { array, object, optionalString, string, type Json } from './json.js'
 
 export type DomainRef = { id: string } | { name: string }
@@ -30,7 +30,7 @@ export interface KeystoneOptions {
   credentials: KeystoneCredentials
   http: HttpClient
   logger: Logger
-  /** Re-authenticate this long before the token expires (keystoneauth's 120 s). */
+  /** Re-authenticate this long before the token expires (keystoneauth's 120 s; at most a quarter of the token's lifetime). */
   reauthMarginSeconds?: number
   /** Clock, replaceable in tests. */
   now?: () => number
@@ -50,6 +50,7 @@ export interface CatalogService {
 
 export interface Token {
   id: string
+  issuedAt: Date
   expiresAt: Date
   projectId: string | undefined
   userId: string
@@ -83,7 +84,7 @@ export class KeystoneClient {
   /** A valid token, authenticating only when there is none or it is about to expire. */
   async token(): Promise<Token> {
     const token = this.current
-    if (token !== undefined && token.expiresAt.getTime() - this.now() > this.marginMs) return token
+    if (token !== undefined && token.expiresAt.getTime() - this.now() > this.marginOf(token)) return token
     this.pending ??= this.authenticate().finally(() => { this.pending = undefined })
     return await this.pending
   }
@@ -91,6 +92,16 @@ export class KeystoneClient {
   /** Forget a token the server refused (401), so the next token() authenticates again. */
   invalidate(token: Token): void {
     if (this.current === token) this.current = undefined
+  }
+
+  /** X-Auth-Token for HttpClient: a valid token per attempt, renewed once after a 401. */
+  authenticator(): Authenticator {
+    return {
+      headers: async () => ({ 'X-Auth-Token': (await this.token()).id }),
+      refused: headers => {
+        if (this.current?.id === headers['X-Auth-Token']) this.current = undefined
+      },
+    }
   }
 
   /**
@@ -112,6 +123,11 @@ export class KeystoneClient {
   /** The URL of a service from the token's catalog. */
   async endpoint(filter: EndpointFilter): Promise<string> {
     return findEndpoint((await this.token()).catalog, filter)
+  }
+
+  /** A token of 60 s (a short-lived cloud) must not count as expiring from the moment it is issued. */
+  private marginOf(token: Token): number {
+    return Math.min(this.marginMs, (token.expiresAt.getTime() - token.issuedAt.getTime()) / 4)
   }
 
   private async authenticate(): Promise<Token> {
@@ -191,9 +207,12 @@ function requestIdOf(err: unknown): unknown {
 function parseToken(id: string, data: unknown): Token {
   const body = object(object(data, 'token reply').token, 'token')
   const project = body.project === undefined ? undefined : object(body.project, 'project')
+  const expiresAt = new Date(string(body, 'expires_at'))
+  const issued = optionalString(body, 'issued_at')
   return {
     id,
-    expiresAt: new Date(string(body, 'expires_at')),
+    issuedAt: issued === undefined ? new Date(Math.min(Date.now(), expiresAt.getTime())) : new Date(issued),
+    expiresAt,
     projectId: project === undefined ? undefined : string(project, 'id'),
     userId: string(object(body.user, 'user'), 'id'),
     catalog: array(body.catalog ?? [], 'catalog').map(entry => {

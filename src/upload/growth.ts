@@ -5,6 +5,7 @@ import type { BlockDevice } from '../connectors/connector.js'
 import { CinderfsError, errorCode, errorMessage, fail } from '../errors/errors.js'
 import type { Logger } from '../log/logger.js'
 import { GiB } from '../model/volume.js'
+import { withinRetryWindow } from '../outage/retry-window.js'
 import type { StagingTarget } from './staging.js'
 
 /** How long a grown device may take to show its new size (iSCSI rescans, os-brick's LP#1959913). */
@@ -23,6 +24,8 @@ export interface GrowableVolumeOptions {
   service: VolumeService
   attachments: AttachmentManager
   logger: Logger
+  /** How long the grow's backend calls ride out an outage while writes wait in the write buffer. */
+  apiRetryWindowMs: number
 }
 
 /**
@@ -55,6 +58,10 @@ export class GrowableVolume implements StagingTarget {
   async ensure(bytes: number): Promise<void> {
     const sizeGiB = ceilGiB(bytes)
     if (sizeGiB * GiB <= this.bytes) return
+    await withinRetryWindow(this.o.apiRetryWindowMs, async () => this.grow(sizeGiB))
+  }
+
+  private async grow(sizeGiB: number): Promise<void> {
     const started = Date.now()
     try {
       await this.o.service.extend(this.o.volumeId, sizeGiB, true)

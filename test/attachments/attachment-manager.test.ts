@@ -8,13 +8,14 @@ import { AttachmentManager } from '../../src/attachments/attachment-manager.js'
 import { LocalVolumeService } from '../../src/backends/local.js'
 import { LocalConnector } from '../../src/connectors/local.js'
 import { ConnectorRegistry } from '../../src/connectors/registry.js'
+import { Janitor } from '../../src/janitor/janitor.js'
 
 const logger = pino({ level: 'silent' })
 
 async function setup(t: tap.Test, idleDetachMs: number, connectors = [new LocalConnector({ allowRegularFiles: true })]) {
   const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'cinderfs-attach-'))
   const service = await LocalVolumeService.open({ dir, host: 'h', useLoopDevices: false, logger })
-  const manager = new AttachmentManager({ service, connectors: new ConnectorRegistry(connectors), idleDetachMs, logger })
+  const manager = new AttachmentManager({ service, connectors: new ConnectorRegistry(connectors), idleDetachMs, logger, janitor: new Janitor({ logger }) })
   t.teardown(async () => {
     await manager.detachAll()
     await service.close()

@@ -16,6 +16,15 @@ t.test('mount flags become a validated configuration', async t => {
   t.equal(command.config.backend, 'local', 'the embedded backend is the default')
 })
 
+t.test('register takes image ids and the backend flags', async t => {
+  const command = parseCommand(['register', '8a1f3c1e-0b7e-4a4c-9d7d-3f1c2b6a9e10', '--backend', 'cinder', '--dry-run', '--retire', '--glance-store', 'cinder1'])
+  if (command.kind !== 'register') throw new Error('expected register')
+  t.same(command.imageIds, ['8a1f3c1e-0b7e-4a4c-9d7d-3f1c2b6a9e10'])
+  t.equal(command.dryRun, true)
+  t.equal(command.config.retire, true)
+  t.equal(command.config.glanceStore, 'cinder1')
+})
+
 t.test('bad flags and values are refused with one line', async t => {
   const cases: Array<[string[], RegExp]> = [
     [['mount'], /missing MOUNTPOINT/],
@@ -28,6 +37,11 @@ t.test('bad flags and values are refused with one line', async t => {
     [['mount', '/m', '--idle-detach', '-1'], /^Option '--idle-detach' argument is ambiguous\.$/],
     [['mount', '/m', '--log-level', 'loud'], /not one of/],
     [['mount', '/m', '--os-cloud', 'x'], /need --backend cinder/],
+    [['register'], /register: Glance serves images from Cinder only: give --backend cinder/],
+    [['register', '/mnt/images', '--backend', 'cinder'], /'\/mnt\/images' is not a Glance image id/],
+    [['mount', '/m', '--glance-register'], /need --backend cinder/],
+    [['mount', '/m', '--backend', 'cinder', '--retire'], /--retire needs --glance-register/],
+    [['mount', '/m', '--backend', 'cinder', '--dry-run'], /--dry-run is an option of register/],
     [['mount', '/m', '--no-such-flag'], /Unknown option '--no-such-flag'/],
   ]
   for (const [argv, message] of cases) t.throws(() => parseCommand(argv), { name: 'ConfigError', message }, argv.join(' '))

@@ -2,6 +2,7 @@ import { randomUUID } from 'node:crypto'
 import t from 'tap'
 import { volumes, randomFile, startDaemon, workspace, needsBackend } from '../helpers/daemon.js'
 import { run, sh } from '../helpers/shell.js'
+import { fsMessages } from '../../src/fs/image-fs.js'
 import { lifecycleMessages } from '../../src/image/lifecycle.js'
 
 const MiB = 1024 * 1024
@@ -52,7 +53,7 @@ t.test('an interrupted rsync --partial completes when run again', { skip: needsB
   const slow = run(`exec rsync -a --partial --bwlimit=8m '${ws.root}/src/' '${ws.mountpoint}/'`)
   // Interrupt it mid-transfer: once its temp file exists (creating a volume takes seconds on Cinder;
   // rsync interrupted inside that create leaves the empty temp file behind, as on any slow file system).
-  await daemon.logged(lifecycleMessages.begun)
+  await daemon.logged(fsMessages.uploadStarted)
   await sh('sleep 2')
   await run(`pkill -INT -f 'rsync -a --partial --bwlimit=8m ${ws.root}'`)
   const interrupted = await slow

@@ -10,6 +10,7 @@ import { LocalConnector } from '../../src/connectors/local.js'
 import { ConnectorRegistry } from '../../src/connectors/registry.js'
 import { CinderfsError } from '../../src/errors/errors.js'
 import { ImageFs } from '../../src/fs/image-fs.js'
+import { Janitor } from '../../src/janitor/janitor.js'
 import { ImageLifecycle } from '../../src/image/lifecycle.js'
 import { ImageStore } from '../../src/store/image-store.js'
 import { FakeClock } from './fake-clock.js'
@@ -99,14 +100,15 @@ export async function core(t: TapLike, options: { dir?: string, host?: string } 
   const local = await LocalVolumeService.open({ dir, host, useLoopDevices: false, logger })
   const service = new CountingService(local)
   const clock = new FakeClock()
-  const attachments = new AttachmentManager({ service, connectors: new ConnectorRegistry([new LocalConnector({ allowRegularFiles: true })]), idleDetachMs: 60_000, logger })
+  const janitor = new Janitor({ logger })
+  const attachments = new AttachmentManager({ service, connectors: new ConnectorRegistry([new LocalConnector({ allowRegularFiles: true })]), idleDetachMs: 60_000, logger, janitor })
   const cache = new BlockCache({ budgetBytes: 16 * 1024 * 1024, blockSize: 1024 * 1024, readaheadBytes: 4 * 1024 * 1024 })
   const owner = { uid: 0, gid: 0 }
   const store = new ImageStore({ service, logger, listTtlMs: 60_000, owner })
-  const lifecycle = new ImageLifecycle({ service, store, attachments, cache, logger, imageOwner: 'test-owner', host, ...owner })
+  const lifecycle = new ImageLifecycle({ service, store, attachments, cache, logger, imageOwner: 'test-owner', host, ...owner, janitor, apiRetryWindowMs: 60_000 })
   const imageFs = new ImageFs({
     service, store, lifecycle, attachments, cache, logger, clock, readOnly: false,
-    writeBuffer: 64 * 1024 * 1024, sealDelayMs, ...owner,
+    writeBuffer: 64 * 1024 * 1024, sealDelayMs, ...owner, apiRetryWindowMs: 60_000,
   })
   t.teardown(async () => {
     // Also ends what a simulated crash left running in this process (hash workers of an open upload).

@@ -27,6 +27,15 @@ export type BackendName = 'local' | 'cinder'
  */
 export const fuseBinding: string | undefined = process.env.CINDERFS_TEST_FUSE_BINDING
 
+/**
+ * The rig's volume type the cinder daemons put images on:
+ * CINDERFS_TEST_VOLUME_TYPE (e.g. `iscsi`, the tgtd backend that only the
+ * libiscsi connector reaches), else the default type (loop devices).
+ */
+export const volumeType: string | undefined = process.env.CINDERFS_TEST_VOLUME_TYPE || undefined
+/** startDaemon's arguments for volumeType. */
+export const volumeTypeArgs: string[] = volumeType === undefined ? [] : ['--volume-type', volumeType]
+
 /** Why the file-system tests cannot run on this backend here, or false (tap's `skip`). */
 export function needsBackend(on: BackendName = backend): string | false {
   const fuse = needsFuse()
@@ -112,7 +121,7 @@ export async function workspace(t: TapLike, on: BackendName = backend): Promise<
  * `cwd` is where the daemon runs (its ./clouds.yaml for --os-cloud; default the workspace).
  */
 export async function startDaemon(ws: Workspace, args: string[] = [], options: { cwd?: string } = {}): Promise<Daemon> {
-  const backendArgs = ws.cloud === undefined ? ['--local-dir', ws.localDir] : ['--backend', 'cinder', '--os-cloud', ws.cloud.cloud]
+  const backendArgs = ws.cloud === undefined ? ['--local-dir', ws.localDir] : ['--backend', 'cinder', '--os-cloud', ws.cloud.cloud, ...volumeTypeArgs]
   const bindingArgs = fuseBinding === undefined || args.includes('--fuse-binding') ? [] : ['--fuse-binding', fuseBinding]
   const child = spawn(process.execPath, [cli, 'mount', ws.mountpoint, ...backendArgs, '--log-level', 'debug', ...bindingArgs, ...args], { stdio: ['ignore', 'ignore', 'pipe'], cwd: options.cwd ?? ws.root })
   let logs = ''
@@ -212,4 +221,13 @@ export async function randomFile(size: number): Promise<string> {
     await run(`head -c ${size} /dev/urandom > '${file}.tmp' && mv '${file}.tmp' '${file}'`)
   }
   return file
+}
+
+/** Attachments Cinder still lists on the workspace's volumes. */
+export async function attachmentsOf(ws: Workspace): Promise<string[]> {
+  const cinder = await ws.cloud?.service.client()
+  if (cinder === undefined) throw new Error('not a cinder workspace')
+  const out: string[] = []
+  for (const volume of await volumes(ws)) out.push(...(await cinder.showVolume(volume.id)).attachments.map(a => `${volume.name}: ${a.id} (${a.hostName ?? '?'})`))
+  return out
 }

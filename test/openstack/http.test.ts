@@ -6,7 +6,8 @@ import type { AddressInfo } from 'node:net'
 import os from 'node:os'
 import path from 'node:path'
 import t, { type Test } from 'tap'
-import { HttpClient, type TlsOptions } from '../../src/openstack/http.js'
+import { HttpClient, REAUTHENTICATING_MESSAGE, RETRYING_MESSAGE, type TlsOptions } from '../../src/openstack/http.js'
+import { withinRetryWindow } from '../../src/outage/retry-window.js'
 import { capturingLogger } from '../helpers/openstack.js'
 
 type Handler = (req: http.IncomingMessage, res: http.ServerResponse) => void
@@ -89,3 +90,49 @@ t.test('TLS: a private CA bundle is trusted, insecure skips checks, the default 
   t.equal((await get({ insecure: true })).status, 200, 'insecure skips verification')
   t.throws(() => client(t, { caFile: path.join(dir, 'missing.pem') }), { name: 'ConfigError', message: /cannot read the CA bundle .*missing.pem: ENOENT/ })
 })
+
+t.test('a 401 renews the credentials once and retries; every attempt asks for them afresh', async t => {
+  let valid = 'token-2'
+  const seen: string[] = []
+  const server = await serve(t, (req, res) => {
+    const token = String(req.headers['x-auth-token'])
+    seen.push(token)
+    reply(token === valid ? 200 : 401, { error: { message: 'The request you have made requires authentication.' } })(req, res)
+  })
+  let issued = 0
+  const refused: string[] = []
+  const auth = { headers: async () => ({ 'X-Auth-Token': `token-${++issued}` }), refused: (h: Record<string, string>) => { refused.push(h['X-Auth-Token'] ?? '') } }
+  const { http, lines } = client(t)
+  t.equal((await http.send({ method: 'DELETE', url: server.url, idempotent: false, auth })).status, 200, 'went through with the renewed token')
+  t.same(seen, ['token-1', 'token-2'])
+  t.same(refused, ['token-1'], 'the refused token was given back')
+  t.ok(lines.some(l => l.includes(REAUTHENTICATING_MESSAGE)), 'the renewal is logged')
+  valid = 'never'
+  await t.rejects(http.send({ method: 'GET', url: server.url, idempotent: true, auth }), { code: 'EACCES' }, 'a second 401 is the answer')
+  t.equal(seen.length, 4, 'renewed only once')
+})
+
+t.test('inside a retry window a refused connection is retried until the server is back, even for a POST', async t => {
+  const { http: api, lines } = client(t)
+  const retries = (): number => lines.filter(l => l.includes(RETRYING_MESSAGE)).length
+  await t.rejects(api.send({ method: 'POST', url: 'http://127.0.0.1:1/v3/p/volumes', idempotent: false }), { message: /ECONNREFUSED/ }, 'outside a window: fails after the retries')
+  t.equal(retries(), 2, 'a refused POST is retried (it never left)')
+
+  // a port that refuses now and listens a moment later: a service restart
+  const port = await freePort()
+  const sent = withinRetryWindow(10_000, async () => api.send({ method: 'POST', url: `http://127.0.0.1:${port}/v3/p/volumes`, idempotent: false }))
+  while (retries() < 6) await new Promise(resolve => setTimeout(resolve, 5))
+  const server = http.createServer((req, res) => { req.resume(); reply(200, { ok: true })(req, res) })
+  await new Promise<void>(resolve => server.listen(port, '127.0.0.1', resolve))
+  t.teardown(() => new Promise(resolve => { server.closeAllConnections(); server.close(resolve) }))
+  t.equal((await sent).status, 200, 'went through once the server listened, past the 2 retries of no window')
+  await t.rejects(withinRetryWindow(300, async () => api.send({ method: 'GET', url: 'http://127.0.0.1:1/', idempotent: true })), { code: 'EIO' }, 'and a window ends')
+})
+
+async function freePort(): Promise<number> {
+  const probe = http.createServer()
+  await new Promise<void>(resolve => probe.listen(0, '127.0.0.1', resolve))
+  const { port } = probe.address() as AddressInfo
+  await new Promise(resolve => probe.close(resolve))
+  return port
+}
