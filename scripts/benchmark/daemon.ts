@@ -21,6 +21,8 @@ export interface DaemonOptions {
   blockSize: string
   /** Extra node flags for the daemon (--cpu-prof, --perf-basic-prof ...). */
   nodeArgs: string[]
+  /** --fuse-binding of the daemon. */
+  fuseBinding: string
 }
 
 const repoRoot = path.join(__dirname, '..', '..', '..')
@@ -54,7 +56,7 @@ export class Daemon {
     const log = fs.openSync(this.o.logFile, 'a')
     const child = spawn(process.execPath, [
       ...this.o.nodeArgs, cliPath, 'mount', this.o.mountpoint, '--local-dir', this.o.localDir,
-      '--cache-size', this.o.cacheSize, '--block-size', this.o.blockSize, '--log-level', 'info',
+      '--cache-size', this.o.cacheSize, '--block-size', this.o.blockSize, '--fuse-binding', this.o.fuseBinding, '--log-level', 'info',
     ], { detached: true, stdio: ['ignore', log, log] })
     fs.closeSync(log)
     this.child = child
@@ -66,7 +68,8 @@ export class Daemon {
         this.child = undefined
         throw new Error(`cinderfs exited with ${String(exitCode)} before mounting; last log lines:\n${this.tail(5)}`)
       }
-      if (waited > 30_000) throw new Error(`cinderfs did not mount ${this.o.mountpoint} within 30 s; last log lines:\n${this.tail(5)}`)
+      // Recovery lists every volume first: with the 10,000 images of the list rows that takes a while.
+      if (waited > 180_000) throw new Error(`cinderfs did not mount ${this.o.mountpoint} within 180 s; last log lines:\n${this.tail(5)}`)
       await sleep(50)
     }
     if (child.pid === undefined) throw new Error('cinderfs has no pid')

@@ -18,7 +18,8 @@ import { formatRows, formatTargets, type Row, type Run } from './report.js'
 const usage = `usage: scripts/bench [--size 2G] [--reps 3] [--cache-size 512M] [--block-size 1M]
                     [--compare-block-sizes 256K,1M,4M|none] [--quiet-cores 0.10] [--quiet-wait 60]
                     [--redo-cores 0.25] [--max-redo 2] [--only raw,write,read,latency,blocksize]
-                    [--daemon-node-args '--cpu-prof'] [--json FILE]
+                    [--daemon-node-args '--cpu-prof'] [--json FILE] [--bindings fuse3,fuse-native]
+                    [--images 10000] (list: ls -l of that many images) [--small 200] (small: 64 KiB images)
 Every flag has an environment twin: BENCH_SIZE, BENCH_REPS, BENCH_CACHE_SIZE, ... (upper case, _ for -).
 Needs root for loop devices and drop_caches; without root the raw target is a plain sparse file and
 "cold" means its pages were dropped with dd iflag=nocache.`
@@ -37,9 +38,12 @@ interface Options {
   only: Set<string>
   nodeArgs: string[]
   json: string | undefined
+  bindings: string[]
+  images: number
+  small: number
 }
 
-const groups = ['raw', 'write', 'read', 'latency', 'blocksize']
+const groups = ['raw', 'hash', 'write', 'read', 'latency', 'small', 'list', 'blocksize']
 const MiB = 1024 ** 2
 const GiB = 1024 ** 3
 
@@ -48,7 +52,8 @@ function parseOptions(argv: string[]): Options {
     workdir: { type: 'string' }, size: { type: 'string' }, reps: { type: 'string' }, 'cache-size': { type: 'string' },
     'block-size': { type: 'string' }, 'compare-block-sizes': { type: 'string' }, 'quiet-cores': { type: 'string' },
     'quiet-wait': { type: 'string' }, 'redo-cores': { type: 'string' }, 'max-redo': { type: 'string' }, only: { type: 'string' },
-    'daemon-node-args': { type: 'string' }, json: { type: 'string' }, help: { type: 'boolean', short: 'h' },
+    'daemon-node-args': { type: 'string' }, json: { type: 'string' }, bindings: { type: 'string' }, images: { type: 'string' },
+    small: { type: 'string' }, help: { type: 'boolean', short: 'h' },
   } as const
   const { values } = parseArgs({ args: argv, options: flags, strict: true })
   if (values.help === true) {
@@ -57,7 +62,7 @@ function parseOptions(argv: string[]): Options {
   }
   const get = (name: Exclude<keyof typeof flags, 'help'>, fallback: string): string =>
     values[name] ?? process.env[`BENCH_${name.toUpperCase().replace(/-/g, '_')}`] ?? fallback
-  const number = (name: 'reps' | 'quiet-cores' | 'quiet-wait' | 'redo-cores' | 'max-redo', fallback: string): number => {
+  const number = (name: 'reps' | 'quiet-cores' | 'quiet-wait' | 'redo-cores' | 'max-redo' | 'images' | 'small', fallback: string): number => {
     const n = Number(get(name, fallback))
     if (!Number.isFinite(n) || n < 0) refuse(`--${name}: '${get(name, fallback)}' is not a number`)
     return n
@@ -76,10 +81,13 @@ function parseOptions(argv: string[]): Options {
   const only = new Set(get('only', groups.join(',')).split(','))
   for (const g of only) if (!groups.includes(g)) refuse(`--only: '${g}' is not one of ${groups.join(', ')}`)
   const nodeArgs = get('daemon-node-args', '').split(' ').filter(a => a !== '')
+  const bindings = get('bindings', 'fuse3,fuse-native').split(',')
+  for (const b of bindings) if (b !== 'fuse3' && b !== 'fuse-native') refuse(`--bindings: '${b}' is not fuse3 or fuse-native`)
   return {
     workdir, size, reps: Math.max(1, Math.floor(number('reps', '3'))), cacheSize, blockSize, compareBlockSizes,
     quietCores: number('quiet-cores', '0.10'), quietWaitSeconds: number('quiet-wait', '60'), redoCores: number('redo-cores', '0.25'),
     maxRedo: Math.floor(number('max-redo', '2')), only, nodeArgs, json: get('json', '') || undefined,
+    bindings, images: Math.floor(number('images', '10000')), small: Math.floor(number('small', '200')),
   }
 }
 
@@ -140,6 +148,7 @@ class Bench {
   private readonly mnt: string
   private readonly logFile: string
   private daemon: Daemon
+  private binding: string
   private nextRow = 1
   readonly rows: Row[] = []
   readonly blockRows: Row[] = []
@@ -153,11 +162,19 @@ class Bench {
     this.localDir = path.join(o.workdir, 'volumes')
     this.mnt = path.join(o.workdir, 'mnt')
     this.logFile = path.join(o.workdir, 'cinderfs.log')
+    this.binding = o.bindings[0] ?? 'fuse3'
     this.daemon = this.newDaemon(o.blockSize)
   }
 
   private newDaemon(blockSize: string): Daemon {
-    return new Daemon({ mountpoint: this.mnt, localDir: this.localDir, logFile: this.logFile, cacheSize: this.o.cacheSize, blockSize, nodeArgs: this.o.nodeArgs })
+    return new Daemon({ mountpoint: this.mnt, localDir: this.localDir, logFile: this.logFile, cacheSize: this.o.cacheSize, blockSize, nodeArgs: this.o.nodeArgs, fuseBinding: this.binding })
+  }
+
+  /** The rows that follow run on `binding`'s daemon (a fresh one; the images stay in the local directory). */
+  async useBinding(binding: string): Promise<void> {
+    await this.daemon.stop()
+    this.binding = binding
+    this.daemon = this.newDaemon(this.o.blockSize)
   }
 
   get isRoot(): boolean {
@@ -325,7 +342,52 @@ class Bench {
   }
 
   private setupLabel(blockSize: string): string {
-    return `cinderfs --cache-size ${this.o.cacheSize} --block-size ${blockSize}`
+    return `cinderfs ${this.binding} --cache-size ${this.o.cacheSize} --block-size ${blockSize}`
+  }
+
+  /** What md5 and sha512 allow: both over the same (page-cached) bytes at once, one thread each, as the upload hashes. */
+  async hashRows(): Promise<void> {
+    await this.measure(this.rows, { setup: 'md5sum and sha512sum in parallel (no FUSE)', workload: 'hash the source (in page cache)', state: '-', kind: 'write', bytes: this.o.size, key: 'hash' }, {
+      prepare: async () => this.primeSource(),
+      work: async () => run(shell('md5sum "$1" > /dev/null & sha512sum "$1" > /dev/null; wait', this.src)),
+    })
+  }
+
+  /** Many small images, one cp each: the per-file cost (create, attach, finalise, seal). */
+  async smallRows(): Promise<void> {
+    await this.ensureDaemon()
+    const small = path.join(this.o.workdir, 'small.bin')
+    await run(['dd', 'if=/dev/urandom', `of=${small}`, 'bs=64K', 'count=1', 'status=none'])
+    let round = 0
+    await this.measure(this.rows, { setup: this.setupLabel(this.o.blockSize), workload: `cp of ${this.o.small} images of 64 KiB, one after another`, state: 'new images', kind: 'latency', bytes: 0 }, {
+      prepare: async () => { round++ },
+      work: async () => run(shell('for i in $(seq 1 "$3"); do cp "$1" "$2/small-$4-$i"; done', small, this.mnt, String(this.o.small), `${this.binding}-${round}`)),
+      after: async () => run(shell('rm -f "$1"/small-*', this.mnt)),
+    })
+  }
+
+  /** ls -l of --images images, right after a mount (cold) and again (warm). Made through the backend, not by cp. */
+  async listRows(): Promise<void> {
+    await this.makeImages()
+    const setup = this.setupLabel(this.o.blockSize)
+    const ls = async (): Promise<void> => run(shell('ls -l "$1" > /dev/null', this.mnt))
+    await this.measure(this.rows, { setup, workload: `ls -l of ${this.o.images} images`, state: 'cold (fresh mount)', kind: 'latency', bytes: 0 }, {
+      prepare: async () => this.restartDaemon(),
+      work: ls,
+    })
+    await this.measure(this.rows, { setup, workload: `ls -l of ${this.o.images} images`, state: 'warm (listed before)', kind: 'latency', bytes: 0 }, {
+      work: ls,
+    })
+  }
+
+  private imagesMade = false
+
+  private async makeImages(): Promise<void> {
+    if (this.imagesMade) return
+    this.imagesMade = true
+    await this.daemon.stop()
+    say(`making ${this.o.images} images through the local backend (untimed)`)
+    await run([process.execPath, path.join(__dirname, 'images.js'), this.localDir, String(this.o.images)])
   }
 
   async writeRows(): Promise<void> {
@@ -341,7 +403,7 @@ class Bench {
       let target = ''
       await this.measure(this.rows, { setup, workload, state: 'new image (includes finalise at close)', kind: 'write', bytes, ref: 'raw-write', target: 0.25 }, {
         prepare: async () => {
-          target = path.join(this.mnt, `bench-write-${++n}`)
+          target = path.join(this.mnt, `bench-write-${this.binding}-${++n}`)
           await this.primeSource()
         },
         work: async () => run(command(target)),
@@ -470,14 +532,25 @@ async function main(): Promise<number> {
   try {
     await bench.prepare()
     if (o.only.has('raw')) await bench.rawRows()
-    if (o.only.has('write')) await bench.writeRows()
-    if (o.only.has('read')) await bench.readRows()
-    if (o.only.has('latency')) await bench.latencyRows()
+    if (o.only.has('hash')) await bench.hashRows()
+    for (const binding of o.bindings) {
+      await bench.useBinding(binding)
+      if (o.only.has('write')) await bench.writeRows()
+      if (o.only.has('read')) await bench.readRows()
+      if (o.only.has('latency')) await bench.latencyRows()
+      if (o.only.has('small')) await bench.smallRows()
+    }
+    for (const binding of o.bindings) {
+      await bench.useBinding(binding)
+      if (o.only.has('list')) await bench.listRows()
+    }
     if (o.only.has('blocksize') && o.compareBlockSizes.length > 0) await bench.blockSizeRows()
     await bench.finish()
   } catch (err) {
     say(`failed: ${err instanceof Error ? err.message : String(err)}`)
     await cleanup()
+    // What was measured before the failure is still worth having.
+    if (bench.rows.length > 0) process.stdout.write(`${formatRows(bench.rows, bench.rows, bench.budget)}\n`)
     return 1
   }
   await cleanup()

@@ -94,11 +94,7 @@ export class BlockCache {
     if (stream !== undefined) this.readahead(source, stream, position, end)
     const first = Math.floor(position / this.blockSize)
     const last = Math.floor((end - 1) / this.blockSize)
-    let missing = 0
-    for (let index = first; index <= last; index++) {
-      if (!this.lru.has(blockKey(source, index))) missing++
-    }
-    if (missing === 0) {
+    if (this.allCached(source, first, last)) {
       this.stats.hits++
       for (let index = first; index <= last; index++) {
         const block = this.lru.get(blockKey(source, index))
@@ -125,12 +121,44 @@ export class BlockCache {
     })
   }
 
+  /**
+   * As read, but a hit comes back as views of the cached blocks, not copied:
+   * the FUSE reply sends them to the kernel as they are. The views are only
+   * good until this tick ends (an evicted block's memory is reused). A miss
+   * is copied into `target` as read does.
+   */
+  views(source: BlockSource, target: Buffer, length: number, position: number, stream?: ReadStream): Buffer[] | Promise<Buffer[]> {
+    const end = Math.min(position + length, source.size)
+    const first = Math.floor(position / this.blockSize)
+    const last = Math.floor((end - 1) / this.blockSize)
+    if (end <= position || !this.allCached(source, first, last)) {
+      const copied = this.read(source, target, length, position, stream)
+      return typeof copied === 'number' ? [target.subarray(0, copied)] : copied.then(n => [target.subarray(0, n)])
+    }
+    if (stream !== undefined) this.readahead(source, stream, position, end)
+    this.stats.hits++
+    const out: Buffer[] = []
+    for (let index = first; index <= last; index++) {
+      const block = this.lru.get(blockKey(source, index))
+      const blockStart = index * this.blockSize
+      if (block !== undefined) out.push(block.subarray(Math.max(position, blockStart) - blockStart, Math.min(end, blockStart + block.length) - blockStart))
+    }
+    return out
+  }
+
   /** Drops every block of one image (after it was deleted). */
   forget(sourceKey: string): void {
     const prefix = `${sourceKey}:`
     for (const key of [...this.lru.keys()]) {
       if (key.startsWith(prefix)) this.lru.delete(key)
     }
+  }
+
+  private allCached(source: BlockSource, first: number, last: number): boolean {
+    for (let index = first; index <= last; index++) {
+      if (!this.lru.has(blockKey(source, index))) return false
+    }
+    return true
   }
 
   private copyOut(block: Buffer, index: number, target: Buffer, position: number, end: number): void {

@@ -1,7 +1,7 @@
 import os from 'node:os'
 import path from 'node:path'
 import { parseArgs } from 'node:util'
-import { defaultLocalDir, defaults, validateConfig, type BackendKind, type Config } from '../config/config.js'
+import { defaultLocalDir, defaults, validateConfig, type BackendKind, type Config, type FuseBindingName } from '../config/config.js'
 import { parseSize } from '../config/sizes.js'
 import { ConfigError, errorMessage } from '../errors/errors.js'
 import { isUuid } from '../store/names.js'
@@ -34,6 +34,7 @@ const options = {
   'ceph-keyring-dir': { type: 'string' },
   'iscsi-initiator': { type: 'string' },
   host: { type: 'string' },
+  'fuse-binding': { type: 'string' },
   'allow-other': { type: 'boolean' },
   'read-only': { type: 'boolean' },
   'log-level': { type: 'string' },
@@ -85,6 +86,8 @@ function configOf(values: Values, mountpoint: string): Config {
 
   const backend = values.backend ?? defaults.backend
   if (backend !== 'local' && backend !== 'cinder') throw new ConfigError(`--backend: '${backend}' is not local or cinder`)
+  const fuseBinding = values['fuse-binding'] ?? defaults.fuseBinding
+  if (fuseBinding !== 'fuse3' && fuseBinding !== 'fuse-native') throw new ConfigError(`--fuse-binding: '${fuseBinding}' is not fuse3 or fuse-native`)
   const config: Config = {
     mountpoint,
     backend: backend satisfies BackendKind,
@@ -109,6 +112,7 @@ function configOf(values: Values, mountpoint: string): Config {
     cephKeyringDir: path.resolve(values['ceph-keyring-dir'] ?? defaults.cephKeyringDir),
     iscsiInitiator: values['iscsi-initiator'],
     host: values.host ?? os.hostname(),
+    fuseBinding: fuseBinding satisfies FuseBindingName,
     uid: process.getuid?.() ?? 0,
     gid: process.getgid?.() ?? 0,
     glanceRegister: values['glance-register'] ?? false,

@@ -12,6 +12,7 @@ import { ImageLifecycle } from '../image/lifecycle.js'
 import { Janitor } from '../janitor/janitor.js'
 import { systemClock } from '../model/clock.js'
 import { fuseOperations } from '../fuse/fuse-adapter.js'
+import { mountFuse3 } from '../fuse/fuse3-mount.js'
 import { isMounted, mountFuse } from '../fuse/mount.js'
 import type { Logger } from '../log/logger.js'
 import { Metrics } from '../metrics/metrics.js'
@@ -57,10 +58,13 @@ export async function runMount(config: Config, log: Logger): Promise<number> {
     await service.close()
     throw err
   }
-  const mount = await mountFuse(config.mountpoint, fuseOperations(fs, log, metrics), { allowOther: config.allowOther, readOnly: config.readOnly }, log)
+  const mountOptions = { allowOther: config.allowOther, readOnly: config.readOnly }
+  const mount = config.fuseBinding === 'fuse3'
+    ? await mountFuse3(config.mountpoint, fs, store, { ...mountOptions, ttlSeconds: config.listTtlSeconds }, log, metrics)
+    : await mountFuse(config.mountpoint, fuseOperations(fs, log, metrics), mountOptions, log)
   await writePidFile(config.mountpoint)
   log.info({
-    mountpoint: config.mountpoint, backend: service.kind, cacheSize: formatSize(config.cacheSize),
+    mountpoint: config.mountpoint, backend: service.kind, fuseBinding: config.fuseBinding, cacheSize: formatSize(config.cacheSize),
     blockSize: formatSize(config.blockSize), readahead: formatSize(config.readahead), host: config.host,
   }, 'mounted')
 
@@ -70,6 +74,7 @@ export async function runMount(config: Config, log: Logger): Promise<number> {
     let stopping = false
     // fuse-native does not say when the kernel ends the session, so an outside
     // unmount would leave the daemon running with its volumes attached.
+    void mount.ended?.then(() => { stop('unmounted') })
     const watch = setInterval(() => {
       void isMounted(config.mountpoint).then(mounted => { if (!mounted) stop('unmounted') }, () => undefined)
     }, mountCheckMs)

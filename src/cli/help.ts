@@ -105,6 +105,13 @@ OPTIONS
         account, as Glance records it; cinderfs with the local backend).
     --host NAME
         Host name used for attachments and recovery (default: this host's).
+    --fuse-binding fuse3|fuse-native
+        How the kernel's FUSE requests reach cinderfs. fuse3 (the default)
+        is cinderfs's own binding of libfuse3's low-level API: 1 MiB
+        requests, one inode per volume, and sealed images cached by the
+        kernel's page cache (a re-read never reaches the daemon). fuse-native
+        binds libfuse 2.9 (128 KiB requests, no kernel caching of data), for
+        hosts without libfuse3.
     --allow-other
         Let users other than the one who mounted use the mount.
     --read-only

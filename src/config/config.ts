@@ -3,6 +3,7 @@ import path from 'node:path'
 import { ConfigError } from '../errors/errors.js'
 
 export type BackendKind = 'local' | 'cinder'
+export type FuseBindingName = 'fuse3' | 'fuse-native'
 
 /** Everything the daemon runs with; built by the CLI, validated here. */
 export interface Config {
@@ -43,6 +44,8 @@ export interface Config {
   maxMicroversion: string | undefined
   /** rbd connector: where `<cluster>.client.<user>.keyring` files are (Cinder never sends the key). */
   cephKeyringDir: string
+  /** FUSE binding: fuse3 (native/fuse3, libfuse3 low-level) or fuse-native (libfuse2). */
+  fuseBinding: FuseBindingName
   /** iscsi connector: our initiator IQN; undefined: the host's open-iscsi one, else derived from `host`. */
   iscsiInitiator: string | undefined
   /** Host name this daemon attaches as; recovery cleans up only what this host left. */
@@ -69,6 +72,7 @@ export function defaultLocalDir(): string {
 
 export const defaults = {
   backend: 'local' as BackendKind,
+  fuseBinding: 'fuse3' as FuseBindingName,
   cacheSize: 512 * 1024 ** 2,
   blockSize: 1024 ** 2,
   readahead: 16 * 1024 ** 2,

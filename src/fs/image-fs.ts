@@ -16,7 +16,7 @@ import { GrowableVolume } from '../upload/growth.js'
 import { Upload, uploadWindowBytes } from '../upload/upload.js'
 import { HandleTable, type Handle } from './handles.js'
 import { OpenImage, type Phase } from './open-image.js'
-import { xattrNames, type FileStat, type FsStat } from './types.js'
+import { xattrNames, type FileStat, type FsStat, type Identity } from './types.js'
 
 export interface ImageFsOptions {
   service: VolumeService
@@ -88,6 +88,19 @@ export class ImageFs {
       return { mode: constants.S_IFDIR | r.mode, uid: r.uid, gid: r.gid, size: 4096, nlink: 2, blocks: 8, blksize: ioSize, mtimeMs: r.mtimeMs }
     }
     return this.statOf(await this.resolve(path))
+  }
+
+  /**
+   * What a name is now: its volume (a FUSE binding gives each volume an
+   * inode of its own), whether it is sealed (no writer can change it any
+   * more, so the kernel may cache its pages), and its attributes.
+   */
+  async identify(path: string): Promise<Identity> {
+    const entry = await this.resolve(path)
+    const kind = this.images.get(entry.volume.id)?.phase.kind
+    // Sealing or sealed: no writer may come back, so its bytes are final.
+    const sealed = kind === undefined || kind === 'sealing' || kind === 'sealed'
+    return { volumeId: entry.volume.id, sealed, stat: this.statOf(entry) }
   }
 
   async readdir(path: string): Promise<string[]> {
@@ -166,6 +179,15 @@ export class ImageFs {
     const source = image.cachedSource
     if (source !== undefined) return this.o.cache.read(source, target, length, position, handle.stream)
     return this.readThroughAttach(handle, target, length, position)
+  }
+
+  /** As read, but bytes in the block cache come back as views of its blocks, not copied (good until this tick ends). */
+  readViews(fh: number, target: Buffer, length: number, position: number): Buffer[] | Promise<Buffer[]> {
+    const handle = this.handles.get(fh)
+    const source = handle.image.upload === undefined ? handle.image.cachedSource : undefined
+    if (source !== undefined) return this.o.cache.views(source, target, length, position, handle.stream)
+    const copied = this.read(fh, target, length, position)
+    return typeof copied === 'number' ? [target.subarray(0, copied)] : copied.then(n => [target.subarray(0, n)])
   }
 
   async write(fh: number, data: Buffer, length: number, position: number): Promise<number> {

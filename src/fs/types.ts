@@ -10,6 +10,13 @@ export interface FileStat {
   mtimeMs: number
 }
 
+/** A name's volume, whether it is sealed (can no longer change), and its attributes. */
+export interface Identity {
+  volumeId: string
+  sealed: boolean
+  stat: FileStat
+}
+
 export interface FsStat {
   bsize: number
   frsize: number

@@ -8,12 +8,9 @@ import type { Metrics } from '../metrics/metrics.js'
 /** Errnos that are answers, not failures: logged at debug only. */
 const quiet = new Set([-2, -61])
 
-/**
- * fuse-native callbacks → ImageFs calls, and results or errors → what
- * fuse-native wants. No file-system logic lives here.
- */
-export function fuseOperations(fs: ImageFs, log: Logger, metrics: Metrics): Operations {
-  const fail = (op: string, path: string, err: unknown): number => {
+/** Counts and logs a failed request (both bindings); returns its negative errno. */
+export function requestFailure(log: Logger, metrics: Metrics): (op: string, path: string, err: unknown) => number {
+  return (op, path, err) => {
     const errno = toErrno(err)
     metrics.error(op, errno)
     const line = { op, path, errno: -errno, err: errorMessage(err) }
@@ -21,6 +18,14 @@ export function fuseOperations(fs: ImageFs, log: Logger, metrics: Metrics): Oper
     else log.warn(line, 'request failed')
     return errno
   }
+}
+
+/**
+ * fuse-native callbacks → ImageFs calls, and results or errors → what
+ * fuse-native wants. No file-system logic lives here.
+ */
+export function fuseOperations(fs: ImageFs, log: Logger, metrics: Metrics): Operations {
+  const fail = requestFailure(log, metrics)
   /** Runs an operation that yields a value (or nothing) and answers with (0, value) or (errno). */
   const answer = <T>(op: string, path: string, work: () => Promise<T>, done: (err: number, value?: T) => void): void => {
     metrics.op(op)

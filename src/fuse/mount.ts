@@ -15,6 +15,8 @@ export interface MountOptions {
 
 export interface FuseMount {
   unmount(): Promise<void>
+  /** Resolves when the kernel ended the session by itself (fusermount -u, umount); fuse3 only. */
+  ended?: Promise<void>
 }
 
 /**
@@ -44,7 +46,7 @@ export async function mountFuse(mountpoint: string, ops: Operations, options: Mo
 }
 
 /** The mount point must be a directory; a dead daemon's mount on it ("Transport endpoint is not connected") is cleared. */
-async function prepareMountpoint(mountpoint: string, log: Logger): Promise<void> {
+export async function prepareMountpoint(mountpoint: string, log: Logger): Promise<void> {
   try {
     const stat = await fs.stat(mountpoint)
     if (!stat.isDirectory()) throw new ConfigError(`mount point ${mountpoint} is not a directory`)

@@ -30,6 +30,7 @@ export class ImageStore {
   private epoch = 0
   private readonly touched = new Map<string, number>()
   private readonly pinned = new Set<string>()
+  private readonly watchers: Array<(name: string) => void> = []
   private readonly log: Logger
 
   constructor(private readonly options: ImageStoreOptions) {
@@ -105,6 +106,15 @@ export class ImageStore {
     this.pinned.delete(name)
   }
 
+  /**
+   * Calls `listener` with each name a listing found gone or pointing at
+   * another volume (another host's rm or replace), so a FUSE binding that
+   * lets the kernel cache names can tell it to drop them.
+   */
+  watch(listener: (name: string) => void): void {
+    this.watchers.push(listener)
+  }
+
   /** Forces the next lookup to list again. */
   invalidate(): void {
     this.fetchedAt = Number.NEGATIVE_INFINITY
@@ -143,8 +153,12 @@ export class ImageStore {
     for (const [name, epoch] of this.touched) {
       if (epoch <= startEpoch) this.touched.delete(name)
     }
+    const previous = this.entries
     this.entries = next
     this.fetchedAt = started
+    for (const [name, entry] of previous) {
+      if (next.get(name)?.volume.id !== entry.volume.id) for (const listener of this.watchers) listener(name)
+    }
     this.log.debug({ images: next.size, ms: Date.now() - started }, 'listing refreshed')
   }
 }

@@ -21,6 +21,13 @@ export const backend: BackendName = process.env.CINDERFS_TEST_BACKEND === 'cinde
 export type BackendName = 'local' | 'cinder'
 
 /**
+ * The FUSE binding the daemons of the suite use: CINDERFS_TEST_FUSE_BINDING
+ * (fuse3 or fuse-native), else the daemon's default. scripts/test runs the
+ * file-system suite once more on the binding that is not the default.
+ */
+export const fuseBinding: string | undefined = process.env.CINDERFS_TEST_FUSE_BINDING
+
+/**
  * The rig's volume type the cinder daemons put images on:
  * CINDERFS_TEST_VOLUME_TYPE (e.g. `iscsi`, the tgtd backend that only the
  * libiscsi connector reaches), else the default type (loop devices).
@@ -115,7 +122,8 @@ export async function workspace(t: TapLike, on: BackendName = backend): Promise<
  */
 export async function startDaemon(ws: Workspace, args: string[] = [], options: { cwd?: string } = {}): Promise<Daemon> {
   const backendArgs = ws.cloud === undefined ? ['--local-dir', ws.localDir] : ['--backend', 'cinder', '--os-cloud', ws.cloud.cloud, ...volumeTypeArgs]
-  const child = spawn(process.execPath, [cli, 'mount', ws.mountpoint, ...backendArgs, '--log-level', 'debug', ...args], { stdio: ['ignore', 'ignore', 'pipe'], cwd: options.cwd ?? ws.root })
+  const bindingArgs = fuseBinding === undefined || args.includes('--fuse-binding') ? [] : ['--fuse-binding', fuseBinding]
+  const child = spawn(process.execPath, [cli, 'mount', ws.mountpoint, ...backendArgs, '--log-level', 'debug', ...bindingArgs, ...args], { stdio: ['ignore', 'ignore', 'pipe'], cwd: options.cwd ?? ws.root })
   let logs = ''
   const waiters = new Set<() => void>()
   child.stderr?.on('data', (chunk: Buffer) => {
