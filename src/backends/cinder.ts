@@ -3,7 +3,7 @@ import type { Logger } from 'pino'
 import type { OpenStackSettings } from '../config/openstack.js'
 import { CinderfsError } from '../errors/errors.js'
 import { ADMIN_METADATA_KEYS, CinderClient, FEATURES, isReadOnly, type CinderVolume } from '../openstack/cinder.js'
-import { HttpClient } from '../openstack/http.js'
+import { HttpClient, type HttpOptions } from '../openstack/http.js'
 import { KeystoneClient } from '../openstack/keystone.js'
 import { GiB, type Attachment, type AttachMode, type CreateVolumeRequest, type ListOptions, type Volume, type VolumePage } from '../model/volume.js'
 import type { VolumeService } from './volume-service.js'
@@ -15,6 +15,8 @@ export interface CinderBackendOptions {
   host?: string
   /** The connector's IP, which storage backends may use for access control (default: this host's first external IPv4 address). */
   ip?: string
+  /** Told of every HTTP request's outcome (metrics). */
+  observe?: HttpOptions['observe']
 }
 
 /**
@@ -34,7 +36,7 @@ export class CinderVolumeService implements VolumeService {
     this.options = options
     this.host = options.host ?? os.hostname()
     this.logger = options.logger.child({ backend: 'cinder', host: this.host })
-    this.http = new HttpClient({ logger: this.logger, tls: options.settings.tls })
+    this.http = new HttpClient({ logger: this.logger, tls: options.settings.tls, ...(options.observe === undefined ? {} : { observe: options.observe }) })
   }
 
   /** The connected client (version discovery happens once, on first use). */

@@ -6,6 +6,7 @@ import { LocalConnector } from '../connectors/local.js'
 import { RbdConnector } from '../connectors/rbd.js'
 import { ConfigError, errorCode, errorMessage } from '../errors/errors.js'
 import type { Logger } from '../log/logger.js'
+import type { Metrics } from '../metrics/metrics.js'
 import { CinderVolumeService } from '../backends/cinder.js'
 import { LocalVolumeService } from '../backends/local.js'
 import type { VolumeService } from '../backends/volume-service.js'
@@ -18,7 +19,7 @@ export interface Backend {
 }
 
 /** The composition of a backend and the connectors its connection infos need. */
-export async function openBackend(config: Config, logger: Logger): Promise<Backend> {
+export async function openBackend(config: Config, logger: Logger, metrics?: Metrics): Promise<Backend> {
   switch (config.backend) {
     case 'local': {
       const useLoopDevices = process.getuid?.() === 0 && fs.existsSync('/dev/loop-control')
@@ -34,7 +35,7 @@ export async function openBackend(config: Config, logger: Logger): Promise<Backe
           ...(config.maxMicroversion === undefined ? {} : { maxMicroversion: config.maxMicroversion }),
         },
       })
-      const service = new CinderVolumeService({ settings, logger, host: config.host })
+      const service = new CinderVolumeService({ settings, logger, host: config.host, ...(metrics === undefined ? {} : { observe: call => metrics.backendCall(call) }) })
       let project: string | undefined
       try {
         // Authenticate now: wrong credentials are a configuration mistake, said once, at mount.

@@ -9,17 +9,29 @@ import { ImageFs } from '../fs/image-fs.js'
 import { fuseOperations } from '../fuse/fuse-adapter.js'
 import { isMounted, mountFuse } from '../fuse/mount.js'
 import type { Logger } from '../log/logger.js'
-import { Metrics } from '../metrics/metrics.js'
+import { createMetrics } from '../metrics/metrics.js'
+import { serveMetrics } from '../metrics/server.js'
+import { Transfers } from '../metrics/transfers.js'
 import { ImageStore } from '../store/image-store.js'
-import { removePidFile, writePidFile } from './runtime.js'
+import { ObservedVolumeService } from './observed-service.js'
+import { removePidFile, statusSocketFor, writePidFile } from './runtime.js'
+import { serveStatus, type StatusReport } from './status.js'
+
+/** Logged once the mount is usable (tests and operators wait for it). */
+export const MOUNTED_MESSAGE = 'mounted'
 
 /** How often the daemon looks whether someone else unmounted it (fusermount -u, umount). */
 const mountCheckMs = 2000
 
-/** Builds the layers, recovers, mounts, and runs until SIGINT/SIGTERM or an outside unmount. Resolves with the exit code. */
-export async function runMount(config: Config, log: Logger): Promise<number> {
-  const backend = await openBackend(config, log)
-  const { service } = backend
+/**
+ * Builds the layers, recovers, mounts, and runs until SIGINT/SIGTERM or an
+ * outside unmount. Resolves with the exit code. `onMounted` runs once the
+ * mount is usable (readiness for systemd and the mount helper).
+ */
+export async function runMount(config: Config, log: Logger, onMounted: () => void = () => undefined): Promise<number> {
+  const metrics = createMetrics()
+  const backend = await openBackend(config, log, metrics)
+  const service = new ObservedVolumeService(backend.service, metrics)
   const attachments = new AttachmentManager({
     service, connectors: new ConnectorRegistry(backend.connectors), idleDetachMs: config.idleDetachSeconds * 1000, logger: log,
   })
@@ -29,22 +41,36 @@ export async function runMount(config: Config, log: Logger): Promise<number> {
     service, store, attachments, cache, logger: log, readOnly: config.readOnly, writeBuffer: config.writeBuffer,
     imageOwner: backend.imageOwner, host: config.host, uid: config.uid, gid: config.gid,
   })
-  const metrics = new Metrics()
+  const transfers = new Transfers({ logger: log })
+  metrics.watch({ cache: () => cache.stats, attachmentsHeld: () => service.held.size, uploadsInFlight: () => transfers.uploads() })
+  const startedAt = new Date()
+  const status = (): StatusReport => ({
+    pid: process.pid, mountpoint: config.mountpoint, backend: service.kind, startedAt: startedAt.toISOString(),
+    transfers: transfers.list(),
+    attachments: [...service.held.values()].map(a => ({ volumeId: a.volumeId, attachmentId: a.attachmentId, mode: a.mode, transport: a.transport, seconds: (Date.now() - a.since.getTime()) / 1000 })),
+    cache: { bytes: cache.stats.cachedBytes, budgetBytes: config.cacheSize, hits: cache.stats.hits, misses: cache.stats.misses, evictions: cache.stats.evictions },
+  })
+  let metricsServer: Awaited<ReturnType<typeof serveMetrics>> | undefined
   try {
+    if (config.metricsAddr !== undefined) metricsServer = await serveMetrics(metrics.registry, config.metricsAddr, log)
+    service.recovering = true
     if (!config.readOnly) await fs.recover()
+    service.recovering = false
   } catch (err) {
+    transfers.close()
+    await metricsServer?.close()
     await service.close()
     throw err
   }
-  const mount = await mountFuse(config.mountpoint, fuseOperations(fs, log, metrics), { allowOther: config.allowOther, readOnly: config.readOnly }, log)
+  const mount = await mountFuse(config.mountpoint, fuseOperations(fs, log, metrics, transfers), { allowOther: config.allowOther, readOnly: config.readOnly }, log)
   await writePidFile(config.mountpoint)
+  const statusServer = await serveStatus(statusSocketFor(config.mountpoint), status, log)
   log.info({
     mountpoint: config.mountpoint, backend: service.kind, cacheSize: formatSize(config.cacheSize),
     blockSize: formatSize(config.blockSize), readahead: formatSize(config.readahead), host: config.host,
-  }, 'mounted')
+  }, MOUNTED_MESSAGE)
+  onMounted()
 
-  const report = (): void => { log.info({ metrics: metrics.snapshot(), cache: cache.stats }, 'metrics') }
-  process.on('SIGUSR2', report)
   return new Promise<number>(resolve => {
     let stopping = false
     // fuse-native does not say when the kernel ends the session, so an outside
@@ -65,6 +91,8 @@ export async function runMount(config: Config, log: Logger): Promise<number> {
           ['shutdown', async () => fs.shutdown()],
           ['backend', async () => service.close()],
           ['pidfile', async () => removePidFile(config.mountpoint)],
+          ['status', async () => statusServer.close()],
+          ['metrics', async () => metricsServer?.close()],
         ] as const) {
           try {
             await work()
@@ -73,7 +101,7 @@ export async function runMount(config: Config, log: Logger): Promise<number> {
             log.error({ step, err: errorMessage(err) }, 'stop step failed')
           }
         }
-        report()
+        transfers.close()
         log.info({ code }, 'stopped')
         resolve(code)
       })()

@@ -21,11 +21,15 @@ export interface HttpOptions {
   retries?: number
   /** First retry delay; doubles per attempt. */
   retryDelayMs?: number
+  /** Told of every attempt's outcome (metrics); never sees headers or bodies. */
+  observe?: (call: { service: string, method: string, status: number | 'error', seconds: number }) => void
 }
 
 export interface HttpRequest {
   method: Method
   url: string
+  /** Which OpenStack service answers (keystone, cinder, glance): a metric label. */
+  service?: string
   headers?: Record<string, string>
   body?: unknown
   /** Safe to send twice. Only then are connection errors and 5xx retried: a create must never run twice. */
@@ -58,11 +62,13 @@ export class HttpClient {
   private readonly logger: Logger
   private readonly retries: number
   private readonly retryDelayMs: number
+  private readonly observe: HttpOptions['observe']
 
   constructor(options: HttpOptions) {
     this.logger = options.logger
     this.retries = options.retries ?? 3
     this.retryDelayMs = options.retryDelayMs ?? 250
+    this.observe = options.observe
     this.httpsAgent = new https.Agent({
       keepAlive: true,
       ca: readCa(options.tls?.caFile),
@@ -85,11 +91,13 @@ export class HttpClient {
       try {
         response = await this.once(request)
       } catch (err) {
+        this.observed(request, 'error', started)
         const failure = connectionError(request, err)
         if (!retryable) throw failure
         await this.pause(request, attempt, failure)
         continue
       }
+      this.observed(request, response.status, started)
       const ok = (response.status >= 200 && response.status < 300) || request.accept?.includes(response.status) === true
       const line = { ...request.context, method: request.method, path: pathOf(request.url), status: response.status, ms: Date.now() - started, requestId: response.requestId }
       if (ok) {
@@ -109,6 +117,10 @@ export class HttpClient {
   close(): void {
     this.httpAgent.destroy()
     this.httpsAgent.destroy()
+  }
+
+  private observed(request: HttpRequest, status: number | 'error', started: number): void {
+    this.observe?.({ service: request.service ?? 'openstack', method: request.method.toUpperCase(), status, seconds: (Date.now() - started) / 1000 })
   }
 
   private async once(request: HttpRequest): Promise<HttpResponse> {
