@@ -61,6 +61,8 @@ export function createMetrics(): Metrics {
   const registry = new Registry()
   // process_* and nodejs_* under their standard names, so stock dashboards work.
   collectDefaultMetrics({ register: registry })
+  // Gauges named _total, which promtool (and the naming conventions) reject; nodejs_active_{handles,requests,resources} without the suffix stay.
+  for (const name of ['nodejs_active_handles_total', 'nodejs_active_requests_total', 'nodejs_active_resources_total']) registry.removeSingleMetric(name)
   const registers = [registry]
   let sources: MetricSources | undefined
 

@@ -3,6 +3,9 @@ import type { Registry } from 'prom-client'
 import { errorMessage } from '../errors/errors.js'
 import type { Logger } from '../log/logger.js'
 
+/** Logged with the host and port once /metrics answers (the port matters when 0 was asked for). */
+export const SERVING_METRICS_MESSAGE = 'serving metrics'
+
 export interface ListenAddress {
   host: string
   port: number
@@ -37,7 +40,7 @@ export async function serveMetrics(registry: Registry, at: ListenAddress, logger
   })
   const bound = server.address()
   const address = typeof bound === 'object' && bound !== null ? { host: bound.address, port: bound.port } : at
-  logger.info({ host: address.host, port: address.port }, 'serving metrics')
+  logger.info({ host: address.host, port: address.port }, SERVING_METRICS_MESSAGE)
   return {
     address,
     close: async () => new Promise<void>(resolve => {
