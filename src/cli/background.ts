@@ -23,7 +23,7 @@ export async function mountInBackground(config: Config, argv: string[], script: 
   fs.mkdirSync(path.dirname(logFile), { recursive: true, mode: 0o700 })
   const log = fs.openSync(logFile, 'a', 0o600)
   const child = spawn(process.execPath, [script, ...argv, '--foreground', `--log-file=${logFile}`], {
-    detached: true, stdio: ['ignore', 'ignore', log, 'ipc'], cwd: '/',
+    detached: true, stdio: ['ignore', 'ignore', log, 'ipc'], env: { ...process.env, PATH: withSystemPath(process.env.PATH) },
   })
   fs.closeSync(log)
   const outcome = await new Promise<{ mounted: true } | { mounted: false, code: number }>(resolve => {
@@ -38,6 +38,16 @@ export async function mountInBackground(config: Config, argv: string[], script: 
   const tail = fs.readFileSync(logFile, 'utf8').trimEnd().split('\n').slice(-5).join('\n')
   process.stderr.write(`cinderfs: the daemon exited with code ${outcome.code} before mounting ${config.mountpoint}; the end of ${logFile}:\n${tail}\n`)
   return outcome.code === 0 ? 1 : outcome.code
+}
+
+/**
+ * mount(8) runs its helpers with little or no PATH, but the daemon runs
+ * losetup, fusermount and systemd-notify: the standard directories are added.
+ */
+function withSystemPath(current: string | undefined): string {
+  const dirs = (current ?? '').split(':').filter(d => d !== '')
+  for (const dir of ['/usr/local/sbin', '/usr/local/bin', '/usr/sbin', '/usr/bin', '/sbin', '/bin']) if (!dirs.includes(dir)) dirs.push(dir)
+  return dirs.join(':')
 }
 
 /** In the daemon a helper started: tells it the mount is ready and lets it go. */
