@@ -60,3 +60,16 @@ t.test('a real Prometheus scrapes cinderfs during a copy and a read; the counter
   t.equal(lint.code, 0, `promtool check metrics accepts the exposition ${lint.stdout}${lint.stderr}`)
   t.equal((await fetch(`http://127.0.0.1:${port}/other`)).status, 404, 'only /metrics is served')
 })
+
+t.test('on Cinder: backend API calls by service, method and status, with latency', { skip: needsBackend('cinder') }, async t => {
+  const ws = await workspace(t, 'cinder')
+  const daemon = await startDaemon(ws, ['--metrics-addr', '127.0.0.1:0'])
+  await sh(`cp '${await randomFile(MiB)}' '${daemon.file('small.raw')}'`)
+  const text = await (await fetch(`http://127.0.0.1:${metricsPort(daemon.logs())}/metrics`)).text()
+  const sample = (name: string, labels: string): number => Number(new RegExp(`^${name}\\{${labels}\\} (\\S+)$`, 'm').exec(text)?.[1] ?? 0)
+  t.ok(sample('cinderfs_backend_requests_total', 'service="keystone",method="POST",status="201"') >= 1, 'Keystone token requests counted')
+  t.ok(sample('cinderfs_backend_requests_total', 'service="cinder",method="POST",status="202"') >= 1, 'Cinder creates and actions counted')
+  t.ok(sample('cinderfs_backend_request_duration_seconds_count', 'service="cinder",method="GET"') >= 1, 'with latency')
+  t.match(text, /^cinderfs_volumes_created_total 1$/m, 'one volume created')
+  t.notMatch(text, /password|X-Auth-Token|gAAAA/i, 'no credential or token in the exposition')
+})
