@@ -95,7 +95,7 @@ function helperMount(source: string, target: string, values: Values): Command {
   const detail = rest.join(':')
   const fromSource: Values = {}
   if (kind === 'local' || kind === 'cinder') fromSource.backend = kind
-  else if (source !== 'cinderfs') throw new ConfigError(`source '${source}' is not local, local:DIR, cinder, cinder:CLOUD or cinderfs`)
+  else if (source !== 'cinderfs') throw new ConfigError(`unknown command '${source}': use mount, unmount, status or doctor; as a mount helper, SOURCE is local, local:DIR, cinder, cinder:CLOUD or cinderfs`)
   if (detail !== '') fromSource[kind === 'local' ? 'local-dir' : 'os-cloud'] = detail
   const config = buildConfig(path.resolve(target), { ...fromSource, ...values })
   return { kind: 'mount', config, background: values.foreground !== true }
