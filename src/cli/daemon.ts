@@ -70,6 +70,8 @@ export async function runMount(config: Config, log: Logger, onMounted: () => voi
     blockSize: formatSize(config.blockSize), readahead: formatSize(config.readahead), host: config.host,
   }, MOUNTED_MESSAGE)
   onMounted()
+  // What `cinderfs status` shows, in the log (and a stray SIGUSR2 must not kill the daemon, Node's default).
+  process.on('SIGUSR2', () => log.info(status(), 'status'))
 
   return new Promise<number>(resolve => {
     let stopping = false

@@ -2,6 +2,7 @@ import { spawn, spawnSync } from 'node:child_process'
 import fs from 'node:fs/promises'
 import path from 'node:path'
 import t from 'tap'
+import { MOUNTED_MESSAGE } from '../../src/cli/daemon.js'
 import { needsBackend, randomFile, startDaemon, workspace } from '../helpers/daemon.js'
 import { run, sh } from '../helpers/shell.js'
 
@@ -69,7 +70,7 @@ t.test('mount -t fuse.cinderfs with -o options, and an fstab line (mount -T), mo
     mount -t tmpfs tmpfs /usr/local/bin
     ln -s '${cli}' /usr/local/bin/cinderfs
     waitgone() { for i in $(seq 300); do kill -0 "$1" 2>/dev/null || return 0; sleep 0.1; done; echo "daemon $1 still running"; exit 1; }
-    pidof_log() { sed -n 's/.*"pid":\\([0-9]*\\).*"msg":"mounted".*/\\1/p' "$1" | tail -1; }
+    pidof_log() { sed -n 's/.*"pid":\\([0-9]*\\).*"msg":"${MOUNTED_MESSAGE}".*/\\1/p' "$1" | tail -1; }
 
     if mount -t fuse.cinderfs local:${ws.localDir} ${ws.mountpoint} -o no_such_option=1 2>'${ws.root}/bad.err'; then echo "bad option accepted"; exit 1; fi
     echo "bad option: $(cat '${ws.root}/bad.err')"
