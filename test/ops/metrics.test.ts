@@ -73,3 +73,18 @@ t.test('on Cinder: backend API calls by service, method and status, with latency
   t.match(text, /^cinderfs_volumes_created_total 1$/m, 'one volume created')
   t.notMatch(text, /password|X-Auth-Token|gAAAA/i, 'no credential or token in the exposition')
 })
+
+t.test('recovery after kill -9 mid-upload is counted', { skip: needsBackend('local') }, async t => {
+  const ws = await workspace(t, 'local')
+  const crashed = await startDaemon(ws)
+  const file = await fs.open(crashed.file('partial.raw'), 'w')
+  await file.write(Buffer.alloc(MiB, 1), 0, MiB, 0)
+  await crashed.kill()
+  await file.close().catch(() => undefined)
+  await run(`fusermount -u -z '${ws.mountpoint}'`)
+  const daemon = await startDaemon(ws, ['--metrics-addr', '127.0.0.1:0'])
+  const text = await (await fetch(`http://127.0.0.1:${metricsPort(daemon.logs())}/metrics`)).text()
+  t.match(text, /^cinderfs_recovery_actions_total\{action="delete_partial_volume",result="ok"\} 1$/m, 'the partial upload\'s volume deleted')
+  t.match(text, /^cinderfs_recovery_actions_total\{action="delete_leftover_attachment",result="ok"\} 1$/m, 'its attachment deleted')
+  t.match(text, /^cinderfs_volumes_deleted_total 1$/m)
+})
