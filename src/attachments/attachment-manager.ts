@@ -5,6 +5,12 @@ import type { ConnectorRegistry } from '../connectors/registry.js'
 import { errorMessage, fail } from '../errors/errors.js'
 import type { Logger } from '../log/logger.js'
 
+/** Log lines tests and operators wait for. */
+export const attachmentMessages = {
+  attached: 'attached',
+  detached: 'detached',
+} as const
+
 /** A claim on an attached volume; the volume stays attached until every lease is released. */
 export interface Lease {
   readonly device: BlockDevice
@@ -18,8 +24,8 @@ interface Entry {
   refs: number
   ready: Promise<{ attachment: Attachment, device: BlockDevice }>
   idleTimer?: NodeJS.Timeout
-  /** Called once when the last lease goes (deferred deletes hook in here). */
-  onIdle?: () => void
+  /** Woken when the last lease goes (a seal or delete waiting to detach); they detach, not the idle timer. */
+  idleWaiters: Array<() => void>
 }
 
 export interface AttachmentManagerOptions {
@@ -52,7 +58,7 @@ export class AttachmentManager {
       fail('EBUSY', `volume ${volumeId} is attached read-only here; it cannot be written`, { volumeId })
     }
     if (entry === undefined) {
-      entry = { volumeId, mode, refs: 0, ready: this.attach(volumeId, mode) }
+      entry = { volumeId, mode, refs: 0, ready: this.attach(volumeId, mode), idleWaiters: [] }
       this.entries.set(volumeId, entry)
     }
     const current = entry
@@ -85,14 +91,23 @@ export class AttachmentManager {
     return this.entries.has(volumeId)
   }
 
-  /** Runs `callback` once no lease on the volume is left (now, if none is). */
-  whenIdle(volumeId: string, callback: () => void): void {
-    const entry = this.entries.get(volumeId)
-    if (entry === undefined || entry.refs === 0) callback()
-    else entry.onIdle = callback
+  /** Detaches once no lease on the volume is left (now, if none is); a seal or a delete waits here for readers. */
+  async detachWhenIdle(volumeId: string): Promise<void> {
+    for (;;) {
+      const entry = this.entries.get(volumeId)
+      if (entry === undefined) {
+        await this.detaching.get(volumeId)
+        return
+      }
+      if (entry.refs === 0) {
+        await this.teardown(entry)
+        return
+      }
+      await new Promise<void>(resolve => entry.idleWaiters.push(resolve))
+    }
   }
 
-  /** Detaches now; the caller guarantees no lease is in use (finalisation, delete). */
+  /** Detaches now; the caller guarantees no lease is in use (the grow fallback, recovery). */
   async detach(volumeId: string): Promise<void> {
     const entry = this.entries.get(volumeId)
     if (entry === undefined) return
@@ -116,7 +131,7 @@ export class AttachmentManager {
     }
     try {
       const device = await this.options.connectors.connect(attachment.connectionInfo, attachment.mode)
-      this.log.info({ volumeId, attachmentId: attachment.id, mode: attachment.mode, device: device.path, ms: Date.now() - started }, 'attached')
+      this.log.info({ volumeId, attachmentId: attachment.id, mode: attachment.mode, device: device.path, ms: Date.now() - started }, attachmentMessages.attached)
       return { attachment, device }
     } catch (err) {
       // Never leave an attachment behind for a device we could not open.
@@ -130,10 +145,10 @@ export class AttachmentManager {
   private release(entry: Entry): void {
     entry.refs--
     if (entry.refs > 0) return
-    const onIdle = entry.onIdle
-    delete entry.onIdle
-    if (onIdle !== undefined) {
-      onIdle()
+    if (entry.idleWaiters.length > 0) {
+      const waiters = entry.idleWaiters
+      entry.idleWaiters = []
+      for (const wake of waiters) wake()
       return
     }
     entry.idleTimer = setTimeout(() => {
@@ -153,7 +168,7 @@ export class AttachmentManager {
       const { attachment, device } = await entry.ready
       await device.close()
       await this.options.service.detach(attachment)
-      this.log.info({ volumeId: entry.volumeId, attachmentId: attachment.id }, 'detached')
+      this.log.info({ volumeId: entry.volumeId, attachmentId: attachment.id }, attachmentMessages.detached)
     })()
     const settled = done.then(() => undefined, () => undefined)
     this.detaching.set(entry.volumeId, settled)

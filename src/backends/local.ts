@@ -4,6 +4,7 @@ import os from 'node:os'
 import path from 'node:path'
 import { CinderfsError, fail } from '../errors/errors.js'
 import type { Logger } from '../log/logger.js'
+import { processAlive } from '../system/process.js'
 import { attachLoop, detachLoop, loopsBackedBy, refreshLoopCapacity } from './loop-devices.js'
 import { GiB, type Attachment, type AttachMode, type CreateVolumeRequest, type ListOptions, type Volume, type VolumePage } from '../model/volume.js'
 import type { VolumeService } from './volume-service.js'
@@ -370,11 +371,3 @@ function ignoreMissing(err: unknown): undefined {
   throw err
 }
 
-function processAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0)
-    return true
-  } catch (err) {
-    return typeof err === 'object' && err !== null && 'code' in err && err.code === 'EPERM'
-  }
-}

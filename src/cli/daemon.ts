@@ -6,6 +6,8 @@ import { formatSize } from '../config/sizes.js'
 import { ConnectorRegistry } from '../connectors/registry.js'
 import { errorMessage } from '../errors/errors.js'
 import { ImageFs } from '../fs/image-fs.js'
+import { ImageLifecycle } from '../image/lifecycle.js'
+import { systemClock } from '../model/clock.js'
 import { fuseOperations } from '../fuse/fuse-adapter.js'
 import { isMounted, mountFuse } from '../fuse/mount.js'
 import type { Logger } from '../log/logger.js'
@@ -37,9 +39,12 @@ export async function runMount(config: Config, log: Logger, onMounted: () => voi
   })
   const cache = new BlockCache({ budgetBytes: config.cacheSize, blockSize: config.blockSize, readaheadBytes: config.readahead })
   const store = new ImageStore({ service, logger: log, listTtlMs: config.listTtlSeconds * 1000, owner: { uid: config.uid, gid: config.gid } })
+  const lifecycle = new ImageLifecycle({
+    service, store, attachments, cache, logger: log, imageOwner: backend.imageOwner, host: config.host, uid: config.uid, gid: config.gid,
+  })
   const fs = new ImageFs({
-    service, store, attachments, cache, logger: log, readOnly: config.readOnly, writeBuffer: config.writeBuffer,
-    imageOwner: backend.imageOwner, host: config.host, uid: config.uid, gid: config.gid,
+    service, store, lifecycle, attachments, cache, logger: log, clock: systemClock, readOnly: config.readOnly,
+    writeBuffer: config.writeBuffer, sealDelayMs: config.sealDelaySeconds * 1000, uid: config.uid, gid: config.gid,
   })
   const transfers = new Transfers({ logger: log })
   metrics.watch({ cache: () => cache.stats, attachmentsHeld: () => service.held.size, uploadsInFlight: () => transfers.uploads() })

@@ -60,6 +60,15 @@ OPTIONS
         Largest sequential readahead window (default 16M).
     --idle-detach SECONDS
         Detach a volume after this long without readers (default 30).
+    --seal-delay SECONDS
+        A finalised image stays writable by this host for this long after
+        its last writer closed (default 10): tools that create a file, close
+        it and open it again for writing (qemu-img convert and create,
+        truncate then dd conv=notrunc) continue the same image, and a write
+        that truncates starts it over. The image is finalised at every close
+        (size, md5, sha512 recorded; errors reach close), and marked
+        read-only when the delay ends with no writer; after that writing
+        fails with EROFS. 0 seals at the last close.
     --write-buffer SIZE
         Writes held in memory while a volume grows (default 256M).
     --list-ttl SECONDS

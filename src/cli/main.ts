@@ -12,6 +12,7 @@ import { runDoctor } from './doctor.js'
 import { usage } from './help.js'
 import { readPidFile, statusSocketFor } from './runtime.js'
 import { formatStatus, queryStatus } from './status.js'
+import { processAlive } from '../system/process.js'
 
 async function main(argv: string[]): Promise<number> {
   let command
@@ -83,9 +84,9 @@ function usageError(err: unknown): number {
 /** Asks the daemon to stop (it detaches everything); clears a mount whose daemon is gone. */
 async function unmount(mountpoint: string): Promise<number> {
   const pid = await readPidFile(mountpoint)
-  if (pid !== undefined && alive(pid)) {
+  if (pid !== undefined && processAlive(pid)) {
     process.kill(pid, 'SIGTERM')
-    for (let waited = 0; alive(pid); waited += 100) {
+    for (let waited = 0; processAlive(pid); waited += 100) {
       if (waited > 120_000) {
         process.stderr.write(`cinderfs: daemon ${pid} did not stop within 120 s\n`)
         return 1
@@ -100,15 +101,6 @@ async function unmount(mountpoint: string): Promise<number> {
   }
   await unmountLazily(mountpoint)
   return 0
-}
-
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0)
-    return true
-  } catch {
-    return false
-  }
 }
 
 function version(): string {

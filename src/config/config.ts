@@ -18,6 +18,8 @@ export interface Config {
   readahead: number
   /** Detach an image volume after this long without open readers. */
   idleDetachSeconds: number
+  /** A finalised image stays writable by this host this long after its last writer closed, then is sealed read-only. */
+  sealDelaySeconds: number
   /** Writes held in memory while a volume grows, bytes; the writer waits beyond it. */
   writeBuffer: number
   /** How long a volume listing is trusted before it is fetched again. */
@@ -59,6 +61,8 @@ export const defaults = {
   blockSize: 1024 ** 2,
   readahead: 16 * 1024 ** 2,
   idleDetachSeconds: 30,
+  // qemu-img convert, qemu-img create + qemu-io, truncate + dd conv=notrunc reopen within moments.
+  sealDelaySeconds: 10,
   writeBuffer: 256 * 1024 ** 2,
   listTtlSeconds: 5,
   logLevel: 'info',
@@ -78,6 +82,7 @@ export function validateConfig(config: Config): Config {
   if (readahead > cacheSize / 2) throw new ConfigError(`--readahead: must be at most half of --cache-size so readahead cannot evict what is being read`)
   if (config.writeBuffer < 1024 ** 2) throw new ConfigError('--write-buffer: must be at least 1M')
   if (!Number.isFinite(config.idleDetachSeconds) || config.idleDetachSeconds < 0) throw new ConfigError('--idle-detach: must be a number of seconds, 0 or more')
+  if (!Number.isFinite(config.sealDelaySeconds) || config.sealDelaySeconds < 0 || config.sealDelaySeconds > 86_400) throw new ConfigError('--seal-delay: must be a number of seconds from 0 to 86400')
   if (!Number.isFinite(config.listTtlSeconds) || config.listTtlSeconds < 0) throw new ConfigError('--list-ttl: must be a number of seconds, 0 or more')
   if (!logLevels.includes(config.logLevel)) throw new ConfigError(`--log-level: '${config.logLevel}' is not one of ${logLevels.join(', ')}`)
   if (config.imageOwner !== undefined && (config.imageOwner === '' || config.imageOwner.length > 255)) throw new ConfigError('--image-owner: must be 1 to 255 characters')

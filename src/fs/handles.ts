@@ -1,35 +1,32 @@
-import type { Lease } from '../attachments/attachment-manager.js'
-import { newReadStream, type BlockSource, type ReadStream } from '../cache/block-cache.js'
+import { newReadStream, type ReadStream } from '../cache/block-cache.js'
 import { fail } from '../errors/errors.js'
-import type { ImageEntry } from '../store/image-store.js'
-import type { Upload } from '../upload/upload.js'
+import type { OpenImage } from './open-image.js'
 
-/** One open file. */
-export interface Handle {
-  id: number
-  entry: ImageEntry
-  writable: boolean
-  /** Set when the file was being uploaded by us when opened. */
-  upload?: Upload
-  /** The handle wrote or truncated since its last flush. */
-  dirty: boolean
-  lease?: Lease
-  leasing?: Promise<Lease>
-  source?: BlockSource
-  stream: ReadStream
-}
+/**
+ * One open file: a reader, or a writer (which may also read). The image it
+ * opened owns everything shared between handles; a handle holds only what
+ * is its own.
+ */
+export type Handle =
+  | { kind: 'read', id: number, image: OpenImage, stream: ReadStream }
+  /** dirty: wrote or truncated since its last flush (only such a flush finalises). */
+  | { kind: 'write', id: number, image: OpenImage, stream: ReadStream, dirty: boolean }
 
 /** Handle numbers for FUSE: never 0 (fuse-native ignores a 0 fh). */
 export class HandleTable {
   private readonly handles = new Map<number, Handle>()
   private next = 1
 
-  open(entry: ImageEntry, writable: boolean, upload: Upload | undefined): Handle {
-    while (this.handles.has(this.next)) this.next = this.next >= 0x7fffffff ? 1 : this.next + 1
-    const handle: Handle = { id: this.next, entry, writable, dirty: false, stream: newReadStream() }
-    if (upload !== undefined) handle.upload = upload
-    this.handles.set(handle.id, handle)
-    this.next = this.next >= 0x7fffffff ? 1 : this.next + 1
+  open(image: OpenImage, kind: Handle['kind']): Handle {
+    while (this.handles.has(this.next)) this.advance()
+    const id = this.next
+    this.advance()
+    const handle: Handle = kind === 'write'
+      ? { kind, id, image, stream: newReadStream(), dirty: false }
+      : { kind, id, image, stream: newReadStream() }
+    if (kind === 'write') image.writers++
+    else image.readers++
+    this.handles.set(id, handle)
     return handle
   }
 
@@ -39,13 +36,22 @@ export class HandleTable {
     return handle
   }
 
-  close(id: number): Handle | undefined {
-    const handle = this.handles.get(id)
-    this.handles.delete(id)
+  writer(id: number): Extract<Handle, { kind: 'write' }> {
+    const handle = this.get(id)
+    if (handle.kind !== 'write') fail('EBADF', `handle ${id} is not open for writing`)
     return handle
   }
 
-  get size(): number {
-    return this.handles.size
+  close(id: number): Handle | undefined {
+    const handle = this.handles.get(id)
+    if (handle === undefined) return undefined
+    this.handles.delete(id)
+    if (handle.kind === 'write') handle.image.writers--
+    else handle.image.readers--
+    return handle
+  }
+
+  private advance(): void {
+    this.next = this.next >= 0x7fffffff ? 1 : this.next + 1
   }
 }

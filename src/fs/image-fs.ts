@@ -1,31 +1,47 @@
 import { constants } from 'node:fs'
-import type { AttachmentManager, Lease } from '../attachments/attachment-manager.js'
-import { GiB } from '../model/volume.js'
+import type { AttachmentManager } from '../attachments/attachment-manager.js'
 import type { VolumeService } from '../backends/volume-service.js'
 import type { BlockCache } from '../cache/block-cache.js'
 import { errorMessage, fail } from '../errors/errors.js'
+import type { ImageAttributeChanges, ImageLifecycle } from '../image/lifecycle.js'
 import type { Logger } from '../log/logger.js'
-import type { ImageEntry, ImageStore } from '../store/image-store.js'
-import { attributeMetadata, isImageVolume, keys } from '../store/metadata.js'
-import { checkFileName, fileNameFromPath, isFuseHiddenName, isUuid, volumeNameOf } from '../store/names.js'
 import { AlignedBlockPool } from '../memory/aligned-blocks.js'
-import { Upload, uploadWindowBytes, type PendingAttributes } from '../upload/upload.js'
+import type { Clock } from '../model/clock.js'
+import { GiB } from '../model/volume.js'
+import type { ImageEntry, ImageStore } from '../store/image-store.js'
+import { keys } from '../store/metadata.js'
+import { checkFileName, fileNameFromPath, isFuseHiddenName } from '../store/names.js'
+import { GrowableVolume } from '../upload/growth.js'
+import { Upload, uploadWindowBytes } from '../upload/upload.js'
 import { HandleTable, type Handle } from './handles.js'
+import { OpenImage, type Phase } from './open-image.js'
 import { xattrNames, type FileStat, type FsStat } from './types.js'
 
 export interface ImageFsOptions {
   service: VolumeService
   store: ImageStore
+  lifecycle: ImageLifecycle
   attachments: AttachmentManager
   cache: BlockCache
   logger: Logger
+  clock: Clock
   readOnly: boolean
   writeBuffer: number
-  imageOwner: string
-  host: string
+  /** How long a finalised image stays writable by this host after its last writer closed; 0 seals at once. */
+  sealDelayMs: number
   uid: number
   gid: number
 }
+
+/** Log lines tests and operators wait for. */
+export const fsMessages = {
+  refusedFinal: 'refused: finalised images are read-only',
+  refusedNotRegular: 'refused: cinderfs holds only regular image files',
+  unlinkedOpen: 'open image unlinked; deleting it when its last handle closes',
+  dropped: 'upload dropped; deleting its volume',
+  cleanupFailed: 'cleanup failed; recovery at next start will retry',
+  sealFailed: 'marking the image read-only failed; recovery at next start will retry',
+} as const
 
 /** The I/O size we advertise (st_blksize); FUSE moves at most 128 KiB per request with libfuse2. */
 const ioSize = 128 * 1024
@@ -35,24 +51,32 @@ const accessModeMask = 3
 
 /**
  * The file-system operations, in terms of images: every method takes paths
- * or handles and returns values or throws CinderfsError. The FUSE adapter
- * only translates. Finalised images are immutable (EROFS); a new file is an
- * upload until its writer closes it.
+ * or handles and returns values or throws CinderfsError; the FUSE adapter
+ * only translates. A new file is an upload until its last writer closes it;
+ * it is then finalised (errors reach close()), stays writable by this host
+ * for the seal delay (tools that create, close and reopen), and is sealed
+ * read-only after it. Sealed images are immutable (EROFS). The backend and
+ * the namespace change only through the ImageLifecycle.
  */
 export class ImageFs {
   private readonly handles = new HandleTable()
-  private readonly uploads = new Map<string, Upload>()
+  /** Images open on this mount, or in their seal delay, by volume id. */
+  private readonly images = new Map<string, OpenImage>()
   /** Staging memory of every upload, reused from one to the next. */
   private readonly uploadChunks = new AlignedBlockPool(uploadWindowBytes, { shared: true })
   /** libfuse2's `.fuse_hidden…` names for open files that were unlinked or replaced. */
   private readonly hidden = new Map<string, ImageEntry>()
   /** The root has no volume: its attributes (rsync -a sets them) live in memory for the mount's life. */
   private readonly root: { mtimeMs: number, mode: number, uid: number, gid: number }
+  /** Work no request waits for (seals when the delay ends); shutdown and tests wait for it. */
+  private readonly background = new Set<Promise<void>>()
+  private readonly creating = new Set<Promise<void>>()
+  private stopping = false
   private readonly log: Logger
 
   constructor(private readonly o: ImageFsOptions) {
     this.log = o.logger.child({ component: 'fs' })
-    this.root = { mtimeMs: Date.now(), mode: 0o755, uid: o.uid, gid: o.gid }
+    this.root = { mtimeMs: o.clock.now(), mode: 0o755, uid: o.uid, gid: o.gid }
   }
 
   async getattr(path: string): Promise<FileStat> {
@@ -72,50 +96,83 @@ export class ImageFs {
   }
 
   async create(path: string, mode: number): Promise<number> {
+    // Shutdown waits for creates in flight, so none leaves a volume behind it.
+    const creating = this.startUpload(path, mode)
+    const tracked = creating.then(() => undefined, () => undefined)
+    this.creating.add(tracked)
+    try {
+      return await creating
+    } finally {
+      this.creating.delete(tracked)
+    }
+  }
+
+  private async startUpload(path: string, mode: number): Promise<number> {
     this.checkWritableMount('create', path)
+    if (this.stopping) fail('EROFS', `create ${path}: cinderfs is stopping`)
     const name = fileNameFromPath(path)
     checkFileName(name)
     if (isFuseHiddenName(name)) fail('EPERM', `${name}: names starting with .fuse_hidden are reserved`)
     if (await this.o.store.lookup(name) !== undefined) fail('EEXIST', `${name} exists`)
-    const upload = await this.startUpload(name, mode & 0o7777)
-    const handle = this.handles.open(this.entryOf(upload), true, upload)
-    upload.writeHandles++
-    return handle.id
+    const entry = await this.o.lifecycle.begin(name, mode & 0o7777)
+    const volumeId = entry.volume.id
+    let lease
+    try {
+      lease = await this.o.attachments.acquire(volumeId, 'rw')
+    } catch (err) {
+      // No orphan volume when the attach fails.
+      await this.o.lifecycle.delete(volumeId).catch((deleteErr: unknown) => {
+        this.log.error({ volumeId, err: errorMessage(deleteErr) }, fsMessages.cleanupFailed)
+      })
+      throw err
+    }
+    const volume = new GrowableVolume({ volumeId, sizeGiB: entry.volume.sizeGiB, lease, service: this.o.service, attachments: this.o.attachments, logger: this.log })
+    const upload = new Upload({ volumeId, name, volume, writeBuffer: this.o.writeBuffer, chunks: this.uploadChunks, logger: this.o.logger })
+    const image = new OpenImage(volumeId, { kind: 'writing', upload })
+    this.images.set(volumeId, image)
+    return this.handles.open(image, 'write').id
   }
 
   async open(path: string, flags: number): Promise<number> {
     const entry = await this.resolve(path)
-    const writable = (flags & accessModeMask) !== constants.O_RDONLY
-    const upload = this.uploads.get(entry.volume.id)
-    if (writable) {
-      this.checkWritableMount('open for writing', path)
-      if (upload === undefined || !upload.isOpen) {
-        this.log.info({ path, volumeId: entry.volume.id }, 'refused: finalised images are read-only')
-        fail('EROFS', `${entry.name} is a finalised image and cannot be written`, { volumeId: entry.volume.id })
-      }
-      if ((flags & constants.O_TRUNC) !== 0) await upload.truncate(0)
-      upload.writeHandles++
+    const volumeId = entry.volume.id
+    if ((flags & accessModeMask) === constants.O_RDONLY) {
+      const image = this.images.get(volumeId) ?? this.track(new OpenImage(volumeId, { kind: 'sealed' }))
+      if (image.upload === undefined) image.knownSize = entry.attrs.size
+      return this.handles.open(image, 'read').id
     }
-    return this.handles.open(entry, writable, upload).id
+    this.checkWritableMount('open for writing', path)
+    const image = this.images.get(volumeId)
+    if (image === undefined) this.refuseFinal(entry.name, volumeId)
+    const handle = this.handles.open(image, 'write')
+    try {
+      const upload = await image.exclusive(async () => this.writableUpload(image))
+      if ((flags & constants.O_TRUNC) !== 0) await upload.truncate(0)
+    } catch (err) {
+      await this.release(handle.id)
+      throw err
+    }
+    return handle.id
   }
 
   /** A number when served from the cache in this tick, else a promise. */
   read(fh: number, target: Buffer, length: number, position: number): number | Promise<number> {
     const handle = this.handles.get(fh)
-    if (handle.upload !== undefined && handle.upload.isOpen) return handle.upload.read(target, length, position)
-    if (handle.source !== undefined) return this.o.cache.read(handle.source, target, length, position, handle.stream)
-    return this.attachForRead(handle).then(() => {
-      if (handle.source === undefined) fail('EIO', 'attach gave no device')
-      return this.o.cache.read(handle.source, target, length, position, handle.stream)
-    })
+    const image = handle.image
+    const upload = image.upload
+    if (upload !== undefined) return upload.read(target, length, position)
+    const source = image.cachedSource
+    if (source !== undefined) return this.o.cache.read(source, target, length, position, handle.stream)
+    return this.readThroughAttach(handle, target, length, position)
   }
 
   async write(fh: number, data: Buffer, length: number, position: number): Promise<number> {
-    const handle = this.handles.get(fh)
-    const upload = handle.upload
-    if (!handle.writable || upload === undefined) fail('EBADF', `handle ${fh} is not open for writing`)
-    if (!upload.isOpen) await this.reopen(upload)
+    const handle = this.handles.writer(fh)
+    const image = handle.image
+    // A write through a handle that outlived a finalisation (a shell's dup) takes the image back.
+    const upload = image.upload ?? await image.exclusive(async () => this.writableUpload(image))
     handle.dirty = true
+    delete image.pending.mtimeNs
     return upload.write(data, length, position)
   }
 
@@ -124,79 +181,64 @@ export class ImageFs {
    * of release never do). So the upload is finalised here when this handle
    * wrote and is the last that can write. A flush from a handle that wrote
    * nothing finalises nothing: dd and shells open the file, dup2 it and close
-   * the original before the first write, and finalising there would cost a
-   * detach and an attach (release finalises a file nobody wrote). If a dirty
-   * flush was only of a duplicate, a later write reopens the image.
+   * the original before the first write (release finalises a file nobody wrote).
    */
   async flush(fh: number): Promise<void> {
     const handle = this.handles.get(fh)
-    const upload = handle.upload
-    if (!handle.writable || upload === undefined || upload.discarded) return
-    try {
-      upload.throwIfFailed()
-      if (!handle.dirty || upload.writeHandles > 1 || !upload.isOpen) return
+    if (handle.kind !== 'write') return
+    const image = handle.image
+    await image.exclusive(async () => {
+      const upload = image.upload
+      if (upload === undefined) return
+      try {
+        upload.throwIfFailed()
+      } catch (err) {
+        // The upload is lost: clean up before the writer's close returns, so nothing is left when cp exits.
+        await this.drop(image, errorMessage(err))
+        throw err
+      }
+      if (!handle.dirty || image.writers > 1) return
       handle.dirty = false
-      await this.finalise(upload)
-    } catch (err) {
-      // The upload is lost: clean up before the writer's close returns, so nothing is left when cp exits.
-      await this.dropUpload(upload, errorMessage(err))
-      throw err
-    }
+      await this.finalise(image, true)
+    })
   }
 
   async fsync(fh: number): Promise<void> {
-    const handle = this.handles.get(fh)
-    if (handle.writable && handle.upload !== undefined && handle.upload.isOpen) await handle.upload.fsync()
+    await this.handles.get(fh).image.upload?.fsync()
   }
 
   async release(fh: number): Promise<void> {
     const handle = this.handles.close(fh)
     if (handle === undefined) return
-    handle.lease?.release()
-    const upload = handle.upload
-    if (!handle.writable || upload === undefined) return
-    upload.writeHandles--
-    if (upload.writeHandles > 0) return
-    try {
-      await this.closeUpload(upload)
-    } finally {
-      // Only now: until the upload is done, metadata changes and renames wait for it (see settledUpload).
-      this.uploads.delete(upload.volumeId)
-    }
-  }
-
-  /** The last writer is gone: finalise (or drop) what is still open, then mark it read-only. */
-  private async closeUpload(upload: Upload): Promise<void> {
-    if (upload.isOpen) {
-      if (upload.discarded) {
-        await this.dropUpload(upload, 'unlinked while open')
-        return
+    const image = handle.image
+    await image.exclusive(async () => {
+      if (handle.kind === 'write' && image.writers === 0 && !image.unlinked) {
+        await this.finalise(image, false).catch(() => undefined)
+        this.scheduleSeal(image)
       }
-      try {
-        upload.throwIfFailed()
-        await this.finalise(upload)
-      } catch (err) {
-        await this.dropUpload(upload, `finalisation failed: ${errorMessage(err)}`)
-        return
-      }
-    }
-    // Complete already; the read-only flag only guards it from other writers.
-    await upload.seal().catch((err: unknown) => {
-      this.log.warn({ volumeId: upload.volumeId, err: errorMessage(err) }, 'marking the image read-only failed')
+      if (image.handles > 0) return
+      image.releaseRead()
+      if (image.unlinked) await this.destroy(image)
+      if (image.phase.kind === 'sealed' || image.phase.kind === 'gone') this.untrack(image)
     })
   }
 
   async truncate(path: string, size: number): Promise<void> {
     this.checkWritableMount('truncate', path)
     const entry = await this.resolve(path)
-    await this.openUploadOf(entry).truncate(size)
+    const image = this.images.get(entry.volume.id)
+    if (image === undefined) this.refuseFinal(entry.name, entry.volume.id)
+    const upload = await image.exclusive(async () => this.writableUpload(image))
+    await upload.truncate(size)
   }
 
   async ftruncate(fh: number, size: number): Promise<void> {
-    const handle = this.handles.get(fh)
-    if (!handle.writable || handle.upload === undefined) fail('EBADF', `handle ${fh} is not open for writing`)
+    const handle = this.handles.writer(fh)
+    const image = handle.image
+    const upload = image.upload ?? await image.exclusive(async () => this.writableUpload(image))
     handle.dirty = true
-    await handle.upload.truncate(size)
+    delete image.pending.mtimeNs
+    await upload.truncate(size)
   }
 
   async utimens(path: string, mtimeMs: number): Promise<void> {
@@ -208,7 +250,7 @@ export class ImageFs {
   }
 
   async chown(path: string, uid: number, gid: number): Promise<void> {
-    const changes: PendingAttributes = {}
+    const changes: ImageAttributeChanges = {}
     if (uid !== unchangedId && uid !== -1) changes.uid = uid
     if (gid !== unchangedId && gid !== -1) changes.gid = gid
     await this.setAttributes(path, changes)
@@ -217,15 +259,9 @@ export class ImageFs {
   async unlink(path: string): Promise<void> {
     this.checkWritableMount('unlink', path)
     const name = fileNameFromPath(path)
-    const hidden = this.hidden.get(name)
-    if (hidden !== undefined) {
-      this.hidden.delete(name)
-      await this.destroy(hidden)
-      return
-    }
-    const entry = await this.resolve(path)
-    this.o.store.remove(entry.name)
-    await this.destroy(entry)
+    // libfuse2 unlinks the hidden name after the last release, which already deleted the image.
+    if (this.hidden.delete(name)) return
+    await this.remove(await this.resolve(path))
   }
 
   async rename(from: string, to: string): Promise<void> {
@@ -233,36 +269,19 @@ export class ImageFs {
     const source = await this.resolve(from)
     const toName = fileNameFromPath(to)
     if (isFuseHiddenName(toName)) {
-      await this.hide(source, toName)
+      this.hidden.set(toName, source)
+      await this.remove(source)
       return
     }
     checkFileName(toName)
     if (toName === source.name) return
     const replaced = await this.o.store.lookup(toName)
-    const volumeId = source.volume.id
-    const upload = await this.settledUpload(source)
-    const generation = Date.now()
-    // Generation first: from the moment the name changes this volume wins over the one it replaces.
-    await this.o.service.updateMetadata(volumeId, {
-      [keys.renamedAt]: String(generation),
-      [keys.glanceImageId]: isUuid(toName) ? toName : null,
-    })
-    await this.o.service.rename(volumeId, volumeNameOf(toName))
-    const renamed: ImageEntry = {
-      name: toName,
-      volume: { ...source.volume, name: volumeNameOf(toName) },
-      attrs: { ...source.attrs, generation },
-    }
-    this.o.store.remove(source.name)
-    this.o.store.set(renamed)
-    if (upload !== undefined) {
-      upload.name = toName
-      if (upload.isOpen) this.o.store.pin(toName)
-    }
-    this.log.info({ volumeId, from: source.name, to: toName, replaces: replaced?.volume.id }, 'renamed')
+    const image = this.images.get(source.volume.id)
+    const rename = async (): Promise<void> => this.o.lifecycle.rename(source, toName)
+    await (image === undefined ? rename() : image.exclusive(rename))
     // Only now that the new image stands under the name is the old one deleted.
-    if (replaced !== undefined && replaced.volume.id !== volumeId) {
-      await this.destroy(replaced).catch((err: unknown) => {
+    if (replaced !== undefined && replaced.volume.id !== source.volume.id) {
+      await this.remove(replaced).catch((err: unknown) => {
         this.log.error({ volumeId: replaced.volume.id, err: errorMessage(err) }, 'replaced image could not be deleted; it stays hidden behind the new one')
       })
     }
@@ -295,7 +314,11 @@ export class ImageFs {
     if (name !== xattrNames.sizeHint) fail('ENOTSUP', `${name}: cinderfs stores no extended attributes`)
     const bytes = Number(value.toString('utf8').trim())
     if (!Number.isSafeInteger(bytes) || bytes < 0) fail('EINVAL', `${name}: '${value.toString('utf8')}' is not a size in bytes`)
-    this.openUploadOf(await this.resolve(path)).hintSize(bytes)
+    const entry = await this.resolve(path)
+    const image = this.images.get(entry.volume.id)
+    if (image === undefined) this.refuseFinal(entry.name, entry.volume.id)
+    const upload = await image.exclusive(async () => this.writableUpload(image))
+    upload.hintSize(bytes)
   }
 
   /** There are no directories to remove: the root is the mount point, and images are files. */
@@ -307,45 +330,33 @@ export class ImageFs {
 
   /** mkdir, symlink, link, mknod: images are flat regular files. */
   refuse(operation: string, path: string): never {
-    this.log.info({ operation, path }, `refused: cinderfs holds only regular image files`)
+    this.log.info({ operation, path }, fsMessages.refusedNotRegular)
     fail('EPERM', `${operation} is not supported: cinderfs holds only regular image files`)
   }
 
-  /**
-   * At start: delete attachments this host left behind, and volumes it was
-   * uploading or deleting when it stopped (a partial upload is never shown
-   * as an image; we do not resume it). A leftover that cannot be removed now
-   * (Cinder refuses to delete a volume that someone else has attached) is
-   * logged and left for the next start: it must not keep every other image
-   * from being served.
-   */
-  async recover(): Promise<void> {
-    // One leftover that cannot be cleaned (Cinder refuses, another process holds it) must not fail the mount.
-    const attempt = async (what: string, ids: Record<string, string>, work: () => Promise<void>): Promise<void> => {
-      this.log.warn(ids, `recovery: ${what}`)
-      await work().catch((err: unknown) => { this.log.error({ ...ids, err: errorMessage(err) }, `recovery: could not ${what}; retried at the next start`) })
-    }
-    for (const attachment of await this.o.service.listOwnAttachments()) {
-      await attempt('delete an attachment left by an earlier run', { volumeId: attachment.volumeId, attachmentId: attachment.id }, async () => this.o.service.detach(attachment))
-    }
-    for (const image of await this.o.store.scan()) {
-      if (image.attrs.host !== this.o.host) continue
-      const ids = { volumeId: image.volume.id, name: image.name }
-      if (image.attrs.state === 'final') {
-        // Complete, but the daemon died before the last writer's release marked it read-only.
-        await attempt('mark a finalised image read-only', ids, async () => {
-          if (!image.volume.readOnly) await this.o.service.setReadOnly(image.volume.id, true)
-          await this.o.service.updateMetadata(image.volume.id, { [keys.host]: null })
-        })
-      } else {
-        await attempt(`delete a volume left ${image.attrs.state} by an earlier run`, ids, async () => this.o.service.delete(image.volume.id))
-      }
-    }
+  /** Resolves when the work no request waits for (seals) has ended. */
+  async settled(): Promise<void> {
+    while (this.background.size > 0) await Promise.all(this.background)
   }
 
-  /** SIGTERM/unmount: uploads still being written cannot complete; fail them and detach everything. */
+  /** At start: what an earlier run left (see ImageLifecycle.recover). */
+  async recover(): Promise<void> {
+    await this.o.lifecycle.recover()
+  }
+
+  /**
+   * SIGTERM/unmount: uploads a writer still holds open cannot complete (they
+   * fail and their volumes go, even if a dup's close finalised them);
+   * images in their seal delay are sealed now; everything is detached.
+   */
   async shutdown(): Promise<void> {
-    await Promise.all([...this.uploads.values()].map(async upload => this.dropUpload(upload, 'cinderfs is stopping')))
+    this.stopping = true
+    await Promise.all(this.creating)
+    await Promise.all([...this.images.values()].map(async image => {
+      if (image.phase.kind === 'final' && image.writers === 0) await this.seal(image)
+      else await image.exclusive(async () => this.drop(image, 'cinderfs is stopping'))
+    }))
+    await this.settled()
     await this.o.attachments.detachAll()
   }
 
@@ -357,112 +368,176 @@ export class ImageFs {
   }
 
   private statOf(entry: ImageEntry): FileStat {
-    const upload = this.uploads.get(entry.volume.id)
-    const live = upload?.isLive === true ? upload : undefined
-    const size = live === undefined ? entry.attrs.size : live.size
-    const attrs = live === undefined ? entry.attrs : { ...entry.attrs, ...live.attrs, mtimeNs: live.mtimeNs }
+    const image = this.images.get(entry.volume.id)
+    const upload = image?.upload
+    let { size, mode, uid, gid, mtimeNs } = entry.attrs
+    if (image !== undefined && upload !== undefined) {
+      // Being written: the upload's size and last write, and what was set meanwhile.
+      size = upload.size
+      mtimeNs = image.pending.mtimeNs ?? upload.modifiedNs
+      mode = image.pending.mode ?? mode
+      uid = image.pending.uid ?? uid
+      gid = image.pending.gid ?? gid
+    }
     return {
-      mode: constants.S_IFREG | attrs.mode, uid: attrs.uid, gid: attrs.gid, size, nlink: 1,
-      blocks: Math.ceil(size / 512), blksize: ioSize, mtimeMs: Number(attrs.mtimeNs / 1_000_000n),
+      mode: constants.S_IFREG | mode, uid, gid, size, nlink: 1,
+      blocks: Math.ceil(size / 512), blksize: ioSize, mtimeMs: Number(mtimeNs / 1_000_000n),
     }
   }
 
-  private entryOf(upload: Upload): ImageEntry {
-    const entry = this.o.store.peek(upload.name)
-    if (entry === undefined) fail('EIO', `upload ${upload.name} lost its entry`)
-    return entry
+  private track(image: OpenImage): OpenImage {
+    this.images.set(image.volumeId, image)
+    return image
   }
 
-  private openUploadOf(entry: ImageEntry): Upload {
-    const upload = this.uploads.get(entry.volume.id)
-    if (upload === undefined || !upload.isOpen) fail('EROFS', `${entry.name} is a finalised image and cannot be changed`, { volumeId: entry.volume.id })
-    return upload
+  private untrack(image: OpenImage): void {
+    if (this.images.get(image.volumeId) === image) this.images.delete(image.volumeId)
+  }
+
+  private refuseFinal(name: string, volumeId: string): never {
+    this.log.info({ volumeId, name }, fsMessages.refusedFinal)
+    fail('EROFS', `${name} is a sealed image and cannot be written`, { volumeId })
   }
 
   private checkWritableMount(operation: string, path: string): void {
     if (this.o.readOnly) fail('EROFS', `${operation} ${path}: mounted read-only`)
   }
 
-  private async startUpload(name: string, mode: number): Promise<Upload> {
-    const metadata: Record<string, string> = {
-      [keys.imageOwner]: this.o.imageOwner,
-      [keys.state]: 'uploading',
-      [keys.host]: this.o.host,
-      ...attributeMetadata({ mode, uid: this.o.uid, gid: this.o.gid }),
-    }
-    if (isUuid(name)) metadata[keys.glanceImageId] = name
-    const volume = await this.o.service.create({ name: volumeNameOf(name), sizeGiB: 1, metadata })
-    let lease: Lease
+  /** The upload that takes this image's writes, reopening a finalised image still in its seal delay. REQUIRES(image lock). */
+  private async writableUpload(image: OpenImage): Promise<Upload> {
+    const phase = image.phase
+    if (phase.kind === 'writing') return phase.upload
+    if (phase.kind !== 'final' || image.unlinked) this.refuseFinal(this.o.store.byVolume(image.volumeId)?.name ?? image.volumeId, image.volumeId)
+    phase.cancelSeal?.()
+    await this.o.lifecycle.reopen(image.volumeId)
+    phase.upload.reopen()
+    image.forgetSource()
+    image.phase = { kind: 'writing', upload: phase.upload }
+    return phase.upload
+  }
+
+  /**
+   * Finishes the upload and records it. `reportErrors`: at flush the writer
+   * gets the error (the upload is dropped first, so nothing is left when cp
+   * exits); at release nobody can, so it is logged. REQUIRES(image lock).
+   */
+  private async finalise(image: OpenImage, reportErrors: boolean): Promise<void> {
+    const upload = image.upload
+    if (upload === undefined) return
     try {
-      lease = await this.o.attachments.acquire(volume.id, 'rw')
+      const result = await upload.finish()
+      await this.o.lifecycle.complete(image.volumeId, result, image.pending)
+      image.pending = {}
+      image.knownSize = result.size
+      image.phase = { kind: 'final', upload }
     } catch (err) {
-      // No orphan volume when the attach fails.
-      await this.o.service.delete(volume.id).catch((deleteErr: unknown) => {
-        this.log.error({ volumeId: volume.id, err: errorMessage(deleteErr) }, 'could not delete the volume of a failed upload')
-      })
-      throw err
+      await this.drop(image, `finalisation failed: ${errorMessage(err)}`)
+      if (reportErrors) throw err
     }
-    const upload = new Upload({
-      volumeId: volume.id, name, capacityGiB: volume.sizeGiB, lease, service: this.o.service,
-      attachments: this.o.attachments, writeBuffer: this.o.writeBuffer, chunks: this.uploadChunks, host: this.o.host, logger: this.o.logger,
+  }
+
+  /** The seal delay starts (the last writer is gone). */
+  private scheduleSeal(image: OpenImage): void {
+    const phase = image.phase
+    if (phase.kind !== 'final') return
+    phase.cancelSeal?.()
+    const seal = (): void => {
+      const sealing = this.seal(image, phase).finally(() => { this.background.delete(sealing) })
+      this.background.add(sealing)
+    }
+    if (this.o.sealDelayMs === 0) seal()
+    else phase.cancelSeal = this.o.clock.schedule(this.o.sealDelayMs, seal)
+  }
+
+  /**
+   * Lets go of the read-write attachment and marks the image read-only, if
+   * it is still in the final phase `expected` (no writer took it back). The
+   * flag can change only once the attachment is gone, so this waits for
+   * readers of this mount to let go of it — outside the image's lock, which
+   * their release needs.
+   */
+  private async seal(image: OpenImage, expected: Phase = image.phase): Promise<void> {
+    const upload = await image.exclusive(async () => {
+      const phase = image.phase
+      if (phase !== expected || phase.kind !== 'final' || image.writers > 0) return undefined
+      phase.cancelSeal?.()
+      image.phase = { kind: 'sealing' }
+      return phase.upload
     })
-    upload.attrs.mode = mode
-    this.uploads.set(volume.id, upload)
-    this.o.store.set({ name, volume, attrs: this.o.store.decode(volume) })
-    this.o.store.pin(name)
-    this.log.info({ volumeId: volume.id, name }, 'upload started')
-    return upload
-  }
-
-  private async finalise(upload: Upload): Promise<void> {
-    const final = await upload.finalise()
-    // Shown at once (size, mtime and hashes must not flicker while the volume is fetched again).
-    const entry = this.o.store.peek(upload.name)
-    if (entry?.volume.id === upload.volumeId) {
-      this.o.store.set({ ...entry, attrs: { ...entry.attrs, ...final.attrs, size: final.size, ...final.digests, state: 'final' } })
+    if (upload === undefined) return
+    try {
+      await upload.close()
+      await this.o.attachments.detachWhenIdle(image.volumeId)
+      await this.o.lifecycle.seal(image.volumeId)
+    } catch (err) {
+      this.log.warn({ volumeId: image.volumeId, err: errorMessage(err) }, fsMessages.sealFailed)
     }
-    const volume = await this.o.service.get(upload.volumeId)
-    this.o.store.unpin(upload.name)
-    this.o.store.set({ name: upload.name, volume, attrs: this.o.store.decode(volume) })
+    await image.exclusive(async () => {
+      if (image.phase.kind !== 'sealing') return
+      image.phase = { kind: 'sealed' }
+      if (image.handles === 0) this.untrack(image)
+    })
   }
 
-  private async reopen(upload: Upload): Promise<void> {
-    this.o.cache.forget(upload.volumeId)
-    await upload.reopen()
-    const volume = await this.o.service.get(upload.volumeId)
-    this.o.store.set({ name: upload.name, volume, attrs: this.o.store.decode(volume) })
-    this.o.store.pin(upload.name)
+  /** Gives up an upload: its volume is deleted. Never throws. REQUIRES(image lock). */
+  private async drop(image: OpenImage, reason: string): Promise<void> {
+    const phase = image.phase
+    if (phase.kind !== 'writing' && phase.kind !== 'final') return
+    if (phase.kind === 'final') phase.cancelSeal?.()
+    image.phase = { kind: 'gone' }
+    this.log.warn({ volumeId: image.volumeId, reason }, fsMessages.dropped)
+    await phase.upload.abort(reason)
+    image.releaseRead()
+    await this.o.lifecycle.delete(image.volumeId).catch((err: unknown) => {
+      this.log.error({ volumeId: image.volumeId, err: errorMessage(err) }, fsMessages.cleanupFailed)
+    })
+    if (image.handles === 0) this.untrack(image)
   }
 
-  private async dropUpload(upload: Upload, reason: string): Promise<void> {
-    this.uploads.delete(upload.volumeId)
-    this.o.store.unpin(upload.name)
-    const entry = this.o.store.peek(upload.name)
-    if (entry?.volume.id === upload.volumeId) this.o.store.remove(upload.name)
-    await upload.abort(reason)
+  /** Deletes an unlinked image whose last handle is gone. REQUIRES(image lock). */
+  private async destroy(image: OpenImage): Promise<void> {
+    if (image.phase.kind === 'writing' || image.phase.kind === 'final') {
+      await this.drop(image, 'unlinked')
+      return
+    }
+    image.phase = { kind: 'gone' }
+    await this.o.lifecycle.delete(image.volumeId)
   }
 
-  /** The entry's upload, once any finalisation in flight has ended. */
-  private async settledUpload(entry: ImageEntry): Promise<Upload | undefined> {
-    const upload = this.uploads.get(entry.volume.id)
-    await upload?.settled()
-    return upload
-  }
-
-  private async attachForRead(handle: Handle): Promise<void> {
-    handle.leasing ??= this.o.attachments.acquire(handle.entry.volume.id, 'ro')
-    const lease = await handle.leasing
-    if (handle.lease === undefined) {
-      handle.lease = lease
-      handle.source = {
-        key: handle.entry.volume.id,
-        size: handle.entry.attrs.size,
-        read: async (buffer, offset, length, position) => lease.device.read(buffer, offset, length, position),
+  /**
+   * unlink, or a rename onto it: the name goes at once. An image still open
+   * here is deleted when its last handle goes (marked so a crash cannot
+   * leave it); one in its seal delay or not open at all, now.
+   */
+  private async remove(entry: ImageEntry): Promise<void> {
+    const image = this.images.get(entry.volume.id)
+    if (image === undefined) {
+      await this.o.lifecycle.delete(entry.volume.id)
+      return
+    }
+    await image.exclusive(async () => {
+      const current = this.o.store.byVolume(image.volumeId)
+      if (current !== undefined) this.o.store.remove(current.name)
+      image.unlinked = true
+      if (image.phase.kind === 'final') image.phase.cancelSeal?.()
+      if (image.handles === 0) {
+        await this.destroy(image)
+        this.untrack(image)
+        return
       }
-    }
+      if (image.phase.kind !== 'writing') await this.o.lifecycle.markDeleting(image.volumeId)
+      this.log.info({ volumeId: image.volumeId, name: entry.name }, fsMessages.unlinkedOpen)
+    })
   }
 
-  private async setAttributes(path: string, changes: PendingAttributes): Promise<void> {
+  private async readThroughAttach(handle: Handle, target: Buffer, length: number, position: number): Promise<number> {
+    const image = handle.image
+    const size = this.o.store.byVolume(image.volumeId)?.attrs.size ?? image.knownSize
+    const source = await image.readSource(this.o.attachments, size)
+    return this.o.cache.read(source, target, length, position, handle.stream)
+  }
+
+  private async setAttributes(path: string, changes: ImageAttributeChanges): Promise<void> {
     this.checkWritableMount('set attributes of', path)
     if (path === '/') {
       const { mtimeNs, ...rest } = changes
@@ -470,50 +545,12 @@ export class ImageFs {
       return
     }
     const entry = await this.resolve(path)
-    const upload = await this.settledUpload(entry)
-    if (upload !== undefined && upload.isOpen) {
-      Object.assign(upload.attrs, changes)
-      return
+    const image = this.images.get(entry.volume.id)
+    const apply = async (): Promise<void> => {
+      if (image?.phase.kind === 'writing') Object.assign(image.pending, changes)
+      else await this.o.lifecycle.setAttributes(entry.volume.id, changes)
     }
-    const metadata = attributeMetadata(changes)
-    if (Object.keys(metadata).length === 0) return
-    await this.o.service.updateMetadata(entry.volume.id, metadata)
-    this.o.store.set({ ...entry, volume: { ...entry.volume, metadata: { ...entry.volume.metadata, ...metadata } }, attrs: { ...entry.attrs, ...changes } })
-  }
-
-  /** libfuse hides an open file that is unlinked or replaced; it is deleted when its last handle goes. */
-  private async hide(entry: ImageEntry, hiddenName: string): Promise<void> {
-    const upload = await this.settledUpload(entry)
-    if (upload !== undefined && upload.isOpen) upload.discarded = true
-    else await this.o.service.updateMetadata(entry.volume.id, { [keys.state]: 'deleting', [keys.host]: this.o.host })
-    this.o.store.remove(entry.name)
-    this.hidden.set(hiddenName, entry)
-    this.log.info({ volumeId: entry.volume.id, name: entry.name }, 'open image unlinked; deleting it when its last handle closes')
-  }
-
-  /** Deletes an image's volume, after checking it really is one; waits for its readers to go. */
-  private async destroy(entry: ImageEntry): Promise<void> {
-    const upload = await this.settledUpload(entry)
-    if (upload !== undefined && upload.isOpen) {
-      upload.discarded = true
-      if (upload.writeHandles === 0) await this.dropUpload(upload, 'unlinked')
-      return
-    }
-    const volume = await this.o.service.get(entry.volume.id)
-    if (!isImageVolume(volume)) {
-      this.log.error({ volumeId: volume.id, name: volume.name }, 'refused to delete a volume that is not an image')
-      fail('EPERM', `volume ${volume.id} (${volume.name}) is not an image volume; not deleting it`)
-    }
-    this.o.cache.forget(volume.id)
-    const remove = async (): Promise<void> => {
-      await this.o.attachments.detach(volume.id)
-      await this.o.service.delete(volume.id)
-      this.log.info({ volumeId: volume.id, name: entry.name }, 'image deleted')
-    }
-    if (!this.o.attachments.isAttached(volume.id)) return remove()
-    await new Promise<void>((resolve, reject) => {
-      this.o.attachments.whenIdle(volume.id, () => { remove().then(resolve, reject) })
-    })
+    await (image === undefined ? apply() : image.exclusive(apply))
   }
 
   private xattrs(entry: ImageEntry): Record<string, string> {
@@ -527,4 +564,3 @@ export class ImageFs {
     return out
   }
 }
-

@@ -51,6 +51,22 @@ export class ImageStore {
     return this.entries.get(name)
   }
 
+  /** The entry that names this volume now, if any (a rename moves it; a listing may replace it). */
+  byVolume(volumeId: string): ImageEntry | undefined {
+    for (const entry of this.entries.values()) if (entry.volume.id === volumeId) return entry
+    return undefined
+  }
+
+  /**
+   * Changes the entry of a volume in place, under whatever name it has now:
+   * the owner of an image's life records each step here, and a step never
+   * brings back a name that was renamed or removed meanwhile.
+   */
+  updateVolume(volumeId: string, change: (entry: ImageEntry) => ImageEntry): void {
+    const entry = this.byVolume(volumeId)
+    if (entry !== undefined) this.set(change(entry))
+  }
+
   /** Every image volume in the backend, including transient ones (for recovery). */
   async scan(): Promise<Array<{ name: string, volume: Volume, attrs: ImageAttributes }>> {
     const out = []
@@ -79,6 +95,10 @@ export class ImageStore {
   /** Keeps `name` as we have it across listings (an upload in progress is hidden from listings). */
   pin(name: string): void {
     this.pinned.add(name)
+  }
+
+  isPinned(name: string): boolean {
+    return this.pinned.has(name)
   }
 
   unpin(name: string): void {

@@ -6,6 +6,8 @@ import { loopsOf, randomFile, startDaemon, volumes, workspace, type Daemon, type
 import { CLOUDS, openStackSuite, STATE_DIR } from '../helpers/openstack.js'
 import { needsFuse } from '../helpers/requirements.js'
 import { run, sh, sha256 } from '../helpers/shell.js'
+import { lifecycleMessages } from '../../src/image/lifecycle.js'
+import { attachmentMessages } from '../../src/attachments/attachment-manager.js'
 
 const MiB = 1024 * 1024
 const cli = path.join(__dirname, '..', '..', '..', 'bin', 'cinderfs')
@@ -116,8 +118,8 @@ with open('${daemon.file('partial')}', 'wb') as out:
     while chunk := src.read(1 << 20):
         out.write(chunk)
         time.sleep(0.05)"`)
-  for (let i = 0; i < 600 && !/"name":"partial","msg":"upload started"/.test(daemon.logs()); i++) await sh('sleep 0.05')
-  for (let i = 0; i < 600 && !/"mode":"ro".*"msg":"attached"/.test(daemon.logs()); i++) await sh('sleep 0.05')
+  await daemon.logged(lifecycleMessages.begun, { name: 'partial' })
+  await daemon.logged(attachmentMessages.attached, { mode: 'ro' })
   await sh('sleep 1')
   await daemon.kill()
   t.not((await writer).code, 0, 'the writer sees its copy fail')
@@ -143,6 +145,8 @@ t.test('two hosts on one Cinder: each sees the other\'s images; reading one at o
   const data = await randomFile(3 * MiB)
   await sh(`cp '${data}' '${a.file('plain')}'`)
   await sh(`cp '${data}' '${b.file('from-b')}'`)
+  // Until sealed, the writing host holds each image attached read-write.
+  await Promise.all([a.logged(lifecycleMessages.sealed), b.logged(lifecycleMessages.sealed)])
   let seen = ''
   for (let i = 0; i < 100 && seen !== 'from-b\nplain\n'; i++) {
     await sh('sleep 0.2')
@@ -154,7 +158,7 @@ t.test('two hosts on one Cinder: each sees the other\'s images; reading one at o
 
   // Not multiattach: A's reader keeps the volume attached, so B's read is refused clearly.
   const holder = run(`exec 3<'${a.file('plain')}'; sha256sum <&3; sleep 8`)
-  for (let i = 0; i < 200 && !/"volumeId":"[^"]+","attachmentId":"[^"]+","mode":"ro".*"msg":"attached"/.test(a.logs()); i++) await sh('sleep 0.05')
+  await a.logged(attachmentMessages.attached, { mode: 'ro' })
   const refused = await run(`cat '${b.file('plain')}'`)
   t.not(refused.code, 0, 'without multiattach, the second host cannot read it at the same time')
   t.match(refused.stderr, /Device or resource busy/, 'EBUSY')
@@ -165,6 +169,7 @@ t.test('two hosts on one Cinder: each sees the other\'s images; reading one at o
   await a.stop()
   const m = await startDaemon(ws, ['--host', 'glance-a', '--list-ttl', '2', '--volume-type', 'multiattach'])
   await sh(`cp '${data}' '${m.file('shared')}'`)
+  await m.logged(lifecycleMessages.sealed)
   for (let i = 0; i < 100 && !(await sh(`ls '${b.mountpoint}'`)).includes('shared'); i++) await sh('sleep 0.2')
   const both = await Promise.all([
     run(`exec 3<'${m.file('shared')}'; sha256sum <&3; sleep 3`),

@@ -1,6 +1,7 @@
 import t from 'tap'
 import { volumes, randomFile, startDaemon, workspace, needsBackend } from '../helpers/daemon.js'
 import { run, sh, sha256, xattr } from '../helpers/shell.js'
+import { lifecycleMessages } from '../../src/image/lifecycle.js'
 
 const MiB = 1024 * 1024
 
@@ -29,8 +30,8 @@ t.test('cp in and cat out: every size comes back byte for byte, with exact sizes
     t.equal(await xattr(daemon.file(name), 'user.cinderfs.md5'), md5, 'md5 stored as Glance computes checksum')
     t.equal(await xattr(daemon.file(name), 'user.cinderfs.sha512'), sha512, 'sha512 stored as Glance computes os_hash_value')
   }
-  // The read-only flag is set at the last writer's release, just after close returns.
-  for (let i = 0; i < 100 && (await volumes(ws)).some(v => !v.readOnly); i++) await sh('sleep 0.1')
+  // The read-only flag is set when the seal delay after the last close ends.
+  await daemon.logged(lifecycleMessages.sealed, { times: sizes.length })
   const made = await volumes(ws)
   t.equal(made.length, sizes.length, 'one volume per file')
   for (const volume of made) {

@@ -1,6 +1,7 @@
 import t from 'tap'
 import { volumes, loopsOf, randomFile, startDaemon, workspace, needsBackend } from '../helpers/daemon.js'
 import { run, sh } from '../helpers/shell.js'
+import { lifecycleMessages } from '../../src/image/lifecycle.js'
 
 t.test('kill -9 during a 300 MiB upload, then mount again: the partial image is gone, nothing leaks', { skip: needsBackend() }, async t => {
   const ws = await workspace(t)
@@ -15,7 +16,7 @@ with open('${daemon.file('partial')}', 'wb') as out:
         out.write(chunk)
         time.sleep(0.01)`
   const copy = run(`/usr/bin/python3 -c "${writer}"`)
-  for (let i = 0; i < 200 && !/"name":"partial","msg":"upload started"/.test(daemon.logs()); i++) await sh('sleep 0.05')
+  await daemon.logged(lifecycleMessages.begun, { name: 'partial' })
   await sh('sleep 0.5')
   await daemon.kill()
   const copied = await copy
@@ -39,7 +40,7 @@ t.test('SIGTERM during an upload: the upload fails cleanly, everything is detach
   const daemon = await startDaemon(ws)
   // The shell holds the upload open; its sleep must not (fd 3, and the output pipes the test waits on), or the test waits it out.
   const writer = run(`exec 3>'${daemon.file('open-upload')}'; echo partial >&3; sleep 30 3>&- >/dev/null 2>&1`)
-  for (let i = 0; i < 100 && !/"name":"open-upload","msg":"upload started"/.test(daemon.logs()); i++) await sh('sleep 0.05')
+  await daemon.logged(lifecycleMessages.begun, { name: 'open-upload' })
   t.equal(await daemon.stop(), 0, 'exit code 0')
   await run(`pkill -f "exec 3>'${daemon.file('open-upload')}'"`)
   await writer

@@ -1,11 +1,13 @@
 import t from 'tap'
 import { volumes, loopsOf, randomFile, startDaemon, workspace, needsBackend, localOnly } from '../helpers/daemon.js'
 import { run, sh, sha256 } from '../helpers/shell.js'
+import { lifecycleMessages } from '../../src/image/lifecycle.js'
 
 t.test('refusals: each gets its errno and changes nothing', { skip: needsBackend() }, async t => {
   const ws = await workspace(t)
   const daemon = await startDaemon(ws)
   await sh(`echo original > '${daemon.file('image')}'`)
+  await daemon.logged(lifecycleMessages.sealed)
 
   const overwrite = await run(`echo changed > '${daemon.file('image')}'`)
   t.match(overwrite.stderr, /Read-only file system/, 'writing a finalised image: EROFS')
@@ -48,7 +50,7 @@ print(hashlib.sha256(head + rest).hexdigest())`
   t.equal(out[0], 'False 0', 'the name is gone at once')
   t.equal(out[1], await sha256(source), 'the open handle read the whole image')
   // Cinder's list drops the volume while the daemon still waits for the delete to finish: wait for both.
-  for (let i = 0; i < 600 && ((await volumes(ws)).length > 0 || !daemon.logs().includes('"msg":"image deleted"')); i++) await sh('sleep 0.1')
+  await daemon.logged(lifecycleMessages.deleted)
   t.same(await volumes(ws), [], 'the volume was deleted after the last close')
   t.match(daemon.logs(), /"msg":"image deleted"/, 'the delete is logged')
 })

@@ -2,6 +2,7 @@ import { randomUUID } from 'node:crypto'
 import t from 'tap'
 import { volumes, randomFile, startDaemon, workspace, needsBackend } from '../helpers/daemon.js'
 import { run, sh } from '../helpers/shell.js'
+import { lifecycleMessages } from '../../src/image/lifecycle.js'
 
 const MiB = 1024 * 1024
 // 20 files from 0 B to 64 MiB, named like Glance image UUIDs (as in /var/lib/glance/images).
@@ -51,7 +52,7 @@ t.test('an interrupted rsync --partial completes when run again', { skip: needsB
   const slow = run(`exec rsync -a --partial --bwlimit=8m '${ws.root}/src/' '${ws.mountpoint}/'`)
   // Interrupt it mid-transfer: once its temp file exists (creating a volume takes seconds on Cinder;
   // rsync interrupted inside that create leaves the empty temp file behind, as on any slow file system).
-  for (let i = 0; i < 600 && !daemon.logs().includes('"msg":"upload started"'); i++) await sh('sleep 0.1')
+  await daemon.logged(lifecycleMessages.begun)
   await sh('sleep 2')
   await run(`pkill -INT -f 'rsync -a --partial --bwlimit=8m ${ws.root}'`)
   const interrupted = await slow
@@ -61,12 +62,13 @@ t.test('an interrupted rsync --partial completes when run again', { skip: needsB
   t.equal((await volumes(ws)).length, 1, 'one volume left')
 })
 
-t.test('rsync --inplace works for new files and fails clearly on existing images', { skip: needsBackend() }, async t => {
+t.test('rsync --inplace works for new files and, once sealed, fails clearly on existing images', { skip: needsBackend() }, async t => {
   const ws = await workspace(t)
   const daemon = await startDaemon(ws)
   await sh(`mkdir '${ws.root}/src' && head -c 3000000 /dev/urandom > '${ws.root}/src/image'`)
   await sh(`rsync -a --inplace '${ws.root}/src/' '${ws.mountpoint}/'`)
   t.equal((await run(`cmp '${ws.root}/src/image' '${daemon.file('image')}'`)).code, 0, 'a new file arrives with --inplace')
+  await daemon.logged(lifecycleMessages.sealed)
   // A new mtime too: in the same second as the first copy, rsync's quick check (size, whole-second mtime) would skip the file.
   await sh(`head -c 1000 /dev/urandom | dd of='${ws.root}/src/image' conv=notrunc status=none && touch -d '2021-01-01 10:00' '${ws.root}/src/image'`)
   const update = await run(`rsync -a --inplace '${ws.root}/src/' '${ws.mountpoint}/'`)

@@ -82,6 +82,6 @@ export async function startCeph(owner: { teardown(fn: () => Promise<void>): void
   }
 }
 
-export function sha256(data: Buffer): string {
+export function sha256Of(data: Buffer): string {
   return crypto.createHash('sha256').update(data).digest('hex')
 }

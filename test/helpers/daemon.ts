@@ -40,6 +40,11 @@ export interface Daemon {
   child: ChildProcess
   /** Everything the daemon logged so far (JSON lines). */
   logs(): string
+  /**
+   * Resolves once the daemon has logged `message` (an exported message
+   * constant) on `times` lines (default 1) whose fields equal `fields`.
+   */
+  logged(message: string, match?: { times?: number } & Record<string, unknown>): Promise<void>
   /** `mountpoint/name`. */
   file(name: string): string
   /** SIGTERM and wait; resolves with the exit code. */
@@ -103,9 +108,11 @@ export async function startDaemon(ws: Workspace, args: string[] = [], options: {
   const backendArgs = ws.cloud === undefined ? ['--local-dir', ws.localDir] : ['--backend', 'cinder', '--os-cloud', ws.cloud.cloud]
   const child = spawn(process.execPath, [cli, 'mount', ws.mountpoint, ...backendArgs, '--log-level', 'debug', ...args], { stdio: ['ignore', 'ignore', 'pipe'], cwd: options.cwd ?? ws.root })
   let logs = ''
+  const waiters = new Set<() => void>()
   child.stderr?.on('data', (chunk: Buffer) => {
     const text = chunk.toString()
     logs += text
+    for (const wake of waiters) wake()
     for (const [, id] of text.matchAll(/"volumeId":"([0-9a-f-]{36})"/g)) if (id !== undefined) ws.volumeIds.add(id)
   })
   const exited = new Promise<number | null>(resolve => child.on('exit', code => resolve(code)))
@@ -115,6 +122,22 @@ export async function startDaemon(ws: Workspace, args: string[] = [], options: {
     child,
     logs: () => logs,
     file: name => path.join(ws.mountpoint, name),
+    logged: async (message, match = {}) => {
+      const { times = 1, ...fields } = match
+      const count = (): number => logLines(logs).filter(line => line.msg === message && Object.entries(fields).every(([k, v]) => line[k] === v)).length
+      const deadline = Date.now() + loggedTimeoutMs
+      while (count() < times) {
+        if (child.exitCode !== null || child.signalCode !== null) throw new Error(`cinderfs exited before logging '${message}'`)
+        if (Date.now() > deadline) throw new Error(`cinderfs did not log '${message}' ${times} time(s) with ${JSON.stringify(fields)} within ${loggedTimeoutMs / 1000} s`)
+        await new Promise<void>(resolve => {
+          const wake = (): void => { waiters.delete(wake); clearTimeout(timer); resolve() }
+          // Woken by the next log line or the exit; the timer only bounds a wait for a line that never comes.
+          const timer = setTimeout(wake, 1000)
+          waiters.add(wake)
+          child.once('exit', wake)
+        })
+      }
+    },
     stop: async () => {
       if (child.exitCode === null && child.signalCode === null) child.kill('SIGTERM')
       // unref'd: a pending timer would keep the test process alive for the full minute
@@ -154,6 +177,23 @@ export async function volumes(ws: Workspace): Promise<Array<{ id: string, name: 
     throw err
   })
   return all.map(({ id, name, sizeGiB, readOnly, metadata }) => ({ id, name, sizeGiB, readOnly, metadata })).sort((a, b) => a.name.localeCompare(b.name))
+}
+
+/** The longest a test waits for a log line (a seal takes the seal delay and a few requests). */
+const loggedTimeoutMs = 120_000
+
+/** The daemon's JSON log lines, parsed (lines that are not JSON are skipped). */
+export function logLines(logs: string): Array<Record<string, unknown>> {
+  const out: Array<Record<string, unknown>> = []
+  for (const line of logs.split('\n')) {
+    if (!line.startsWith('{')) continue
+    try {
+      out.push(JSON.parse(line) as Record<string, unknown>)
+    } catch {
+      // a line cut by the read; it is whole in a later call
+    }
+  }
+  return out
 }
 
 /** A file of random bytes, made once per size per run. */

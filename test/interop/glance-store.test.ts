@@ -13,6 +13,7 @@ import { randomFile, startDaemon, workspace, type Daemon } from '../helpers/daem
 import { glanceStore, needsGlanceStore } from '../helpers/glance-store.js'
 import { CLOUDS, openStackSuite, rigLoopDevices, STATE_DIR, testName, testService } from '../helpers/openstack.js'
 import { sh, sha256, xattr } from '../helpers/shell.js'
+import { lifecycleMessages } from '../../src/image/lifecycle.js'
 
 const MiB = 1024 ** 2
 const suite = openStackSuite(t)
@@ -37,6 +38,8 @@ t.test('an image copied into the mount is read back by glance_store get() byte f
   const source = await randomFile(size)
   const id = randomUUID()
   await sh(`cp '${source}' '${daemon.file(id)}'`)
+  // glance_store attaches the volume for itself: once sealed, cinderfs has let go of it.
+  await daemon.logged(lifecycleMessages.sealed)
   const location = `cinder://${await xattr(daemon.file(id), xattrNames.volumeId)}`
   deletedAtEnd(t, location)
 

@@ -8,7 +8,7 @@ import v8 from 'node:v8'
 import vm from 'node:vm'
 import t from 'tap'
 import { loadRbd, rbdAddonPath, type RbdCluster } from '../../src/connectors/rbd-binding.js'
-import { needsCeph, sha256, startCeph, type CephCluster } from '../helpers/ceph.js'
+import { needsCeph, sha256Of, startCeph, type CephCluster } from '../helpers/ceph.js'
 
 const MiB = 1 << 20
 const skip = needsCeph()
@@ -57,13 +57,13 @@ t.test('random unaligned writes read back equal, and equal to rbd export', { ski
     reads.push(image.read(actual, position, Math.min(chunk, size - position), position))
   }
   t.equal((await Promise.all(reads)).reduce((a, b) => a + b, 0), size)
-  t.equal(sha256(actual), sha256(expected), 'read back through librbd')
+  t.equal(sha256Of(actual), sha256Of(expected), 'read back through librbd')
   await image.close()
 
   const exported = path.join(os.tmpdir(), `cinderfs-${name}`)
   t.teardown(() => fs.rmSync(exported, { force: true }))
   await ceph.rbd('export', '--no-progress', `${ceph.pool}/${name}`, exported)
-  t.equal(sha256(fs.readFileSync(exported)), sha256(expected), 'rbd export')
+  t.equal(sha256Of(fs.readFileSync(exported)), sha256Of(expected), 'rbd export')
 })
 
 t.test('a read-only open refuses writes and discards with EROFS', { skip }, async t => {
@@ -119,7 +119,7 @@ t.test('close waits for in-flight I/O; I/O after close gives EBADF', { skip }, a
   const reader = await cluster.open(ceph.pool, name, { readOnly: true })
   const back = Buffer.alloc(16 * MiB)
   await reader.read(back, 0, back.length, 0)
-  t.equal(sha256(back), sha256(Buffer.concat([data, data, data, data])), 'every write landed before the close')
+  t.equal(sha256Of(back), sha256Of(Buffer.concat([data, data, data, data])), 'every write landed before the close')
   await reader.close()
 })
 

@@ -3,6 +3,7 @@ import type { CephCluster } from '../helpers/ceph.js'
 import { randomFile } from '../helpers/daemon.js'
 import { needsRbdRig, poolImages, startRbdDaemon, useRbdRig } from '../helpers/rbd-rig.js'
 import { run, sh, sha256, xattr } from '../helpers/shell.js'
+import { lifecycleMessages } from '../../src/image/lifecycle.js'
 
 // The file-system behaviours a Glance host relies on, on the `rbd` volume type:
 // Keystone -> Cinder (its in-tree RBD driver) -> Ceph -> cinderfs through librbd.
@@ -97,7 +98,7 @@ with open('${daemon.file(`${P}partial`)}', 'wb') as out:
         out.write(chunk)
         time.sleep(0.01)`
   const copy = run(`/usr/bin/python3 -c "${writer}"`)
-  for (let i = 0; i < 200 && !daemon.logs().includes(`"name":"${P}partial","msg":"upload started"`); i++) await sh('sleep 0.05')
+  await daemon.logged(lifecycleMessages.begun, { name: `${P}partial` })
   await sh('sleep 0.5')
   const during = await poolImages(ceph())
   await daemon.kill()
