@@ -10,7 +10,8 @@ const maxRequest = 128 * 1024
 
 t.test('a real Prometheus scrapes cinderfs during a copy and a read; the counters move by the right amounts', { skip: needsBackend('local') || needsPrometheus() }, async t => {
   const ws = await workspace(t, 'local')
-  const daemon = await startDaemon(ws, ['--metrics-addr', '127.0.0.1:0'])
+  // Sealed at close: the read then attaches on its own (in the seal delay it would share the upload's attachment).
+  const daemon = await startDaemon(ws, ['--metrics-addr', '127.0.0.1:0', '--seal-delay', '0'])
   const port = metricsPort(daemon.logs())
   const prom = await startPrometheus(t, ws.root, port)
   await prom.until('up{job="cinderfs"}', v => v === 1)

@@ -23,7 +23,8 @@ async function progressLine(daemon: Daemon, kind: string, name: string): Promise
 
 t.test('status and progress lines during a long copy and a long read; status refused without root', { skip: needsBackend('local') }, async t => {
   const ws = await workspace(t, 'local')
-  const daemon = await startDaemon(ws)
+  // Sealed at close: the read then attaches read-only on its own.
+  const daemon = await startDaemon(ws, ['--seal-delay', '0'])
   await sh(`cp '${await randomFile(8 * MiB)}' '${daemon.file('library.raw')}'`)
 
   // Both copies stay open, as a long cp would be mid-way.
