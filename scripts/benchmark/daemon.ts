@@ -3,7 +3,7 @@ import fs from 'node:fs'
 import path from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 
-/** What the daemon's `metrics` log line carries (src/cli/daemon.ts, src/metrics/metrics.ts). */
+/** What the bench takes from the daemon's Prometheus metrics (src/metrics/metrics.ts). */
 export interface MetricsSnapshot {
   readSizes: Record<string, number>
   writeSizes: Record<string, number>
@@ -56,7 +56,7 @@ export class Daemon {
     const log = fs.openSync(this.o.logFile, 'a')
     const child = spawn(process.execPath, [
       ...this.o.nodeArgs, cliPath, 'mount', this.o.mountpoint, '--local-dir', this.o.localDir,
-      '--cache-size', this.o.cacheSize, '--block-size', this.o.blockSize, '--fuse-binding', this.o.fuseBinding, '--log-level', 'info',
+      '--cache-size', this.o.cacheSize, '--block-size', this.o.blockSize, '--fuse-binding', this.o.fuseBinding, '--log-level', 'info', '--metrics-addr', '127.0.0.1:0',
     ], { detached: true, stdio: ['ignore', log, log] })
     fs.closeSync(log)
     this.child = child
@@ -76,19 +76,15 @@ export class Daemon {
     return child.pid
   }
 
-  /** SIGUSR2, then the metrics line it logs. */
+  /** A scrape of the daemon's /metrics (on the port its `serving metrics` line names). */
   async metrics(): Promise<MetricsSnapshot> {
-    const pid = this.pid
-    if (pid === undefined) throw new Error('daemon not running')
-    const before = this.metricLines().length
-    process.kill(pid, 'SIGUSR2')
-    for (let waited = 0; waited < 10_000; waited += 20) {
-      const lines = this.metricLines()
-      const last = lines.at(-1)
-      if (lines.length > before && last !== undefined) return parseMetrics(last)
-      await sleep(20)
-    }
-    throw new Error('the daemon logged no metrics line within 10 s of SIGUSR2')
+    if (this.pid === undefined) throw new Error('daemon not running')
+    const line = fs.readFileSync(this.o.logFile, 'utf8').split('\n').filter(l => l.includes('"msg":"serving metrics"')).at(-1)
+    const port = line === undefined ? undefined : (JSON.parse(line) as { port?: number }).port
+    if (port === undefined) throw new Error('the daemon logged no "serving metrics" line')
+    const response = await fetch(`http://127.0.0.1:${port}/metrics`)
+    if (!response.ok) throw new Error(`GET /metrics: ${response.status}`)
+    return parseMetrics(await response.text())
   }
 
   /** SIGTERM and wait (the daemon detaches and unmounts); SIGKILL and a lazy unmount if it hangs. */
@@ -113,25 +109,34 @@ export class Daemon {
     return text.trimEnd().split('\n').slice(-lines).join('\n')
   }
 
-  private metricLines(): string[] {
-    return fs.readFileSync(this.o.logFile, 'utf8').split('\n').filter(line => line.includes('"msg":"metrics"'))
-  }
 }
 
-function parseMetrics(line: string): MetricsSnapshot {
-  const parsed: unknown = JSON.parse(line)
-  const record = (value: unknown): Record<string, unknown> => typeof value === 'object' && value !== null ? value as Record<string, unknown> : {}
-  const numbers = (value: unknown): Record<string, number> =>
-    Object.fromEntries(Object.entries(record(value)).filter((e): e is [string, number] => typeof e[1] === 'number'))
-  const metrics = record(record(parsed).metrics)
-  const cache = record(record(parsed).cache)
+/** The Prometheus text exposition → the bench's snapshot (request sizes as per-bucket counts: "128K"). */
+function parseMetrics(text: string): MetricsSnapshot {
+  const samples = text.split('\n').filter(l => l !== '' && !l.startsWith('#')).map(l => {
+    const m = /^([a-z_]+)(?:\{(.*)\})? (\S+)$/.exec(l)
+    const labels = Object.fromEntries([...(m?.[2] ?? '').matchAll(/(\w+)="([^"]*)"/g)].map(([, k, v]) => [k, v]))
+    return { name: m?.[1] ?? '', labels, value: Number(m?.[3]) }
+  })
+  const value = (name: string): number => samples.find(s => s.name === name)?.value ?? 0
+  const sizes = (op: string): Record<string, number> => {
+    const buckets = samples.filter(s => s.name === 'cinderfs_fuse_request_size_bytes_bucket' && s.labels.op === op && s.labels.le !== '+Inf')
+      .map(s => ({ le: Number(s.labels.le), count: s.value })).sort((a, b) => a.le - b.le)
+    const out: Record<string, number> = {}
+    let below = 0
+    for (const { le, count } of buckets) {
+      if (count > below) out[le >= 1024 ? `${le / 1024}K` : `${le}B`] = count - below
+      below = count
+    }
+    return out
+  }
   return {
-    readSizes: numbers(metrics.readSizes),
-    writeSizes: numbers(metrics.writeSizes),
-    bytesRead: Number(metrics.bytesRead ?? 0),
-    bytesWritten: Number(metrics.bytesWritten ?? 0),
-    deviceBytes: Number(cache.deviceBytes ?? 0),
-    deviceReads: Number(cache.deviceReads ?? 0),
+    readSizes: sizes('read'),
+    writeSizes: sizes('write'),
+    bytesRead: value('cinderfs_read_bytes_total'),
+    bytesWritten: value('cinderfs_written_bytes_total'),
+    deviceBytes: value('cinderfs_device_read_bytes_total'),
+    deviceReads: value('cinderfs_device_reads_total'),
   }
 }
 

@@ -5,7 +5,7 @@ import type { OpenStackSettings } from '../config/openstack.js'
 import { CinderfsError } from '../errors/errors.js'
 import type { Janitor } from '../janitor/janitor.js'
 import { ADMIN_METADATA_KEYS, CinderClient, FEATURES, isReadOnly, type CinderVolume } from '../openstack/cinder.js'
-import { HttpClient } from '../openstack/http.js'
+import { HttpClient, type HttpOptions } from '../openstack/http.js'
 import { KeystoneClient } from '../openstack/keystone.js'
 import { GiB, type Attachment, type AttachMode, type CreateVolumeRequest, type ListOptions, type Volume, type VolumePage } from '../model/volume.js'
 import type { VolumeService } from './volume-service.js'
@@ -30,6 +30,8 @@ export interface CinderBackendOptions {
    * (and their attachments, as this host's). Default 0: none.
    */
   spares?: { count: number, metadata: Record<string, string> }
+  /** Told of every HTTP request's outcome (metrics). */
+  observe?: HttpOptions['observe']
 }
 
 /** Logged when a spare volume is made and attached (tests wait for it). */
@@ -59,7 +61,7 @@ export class CinderVolumeService implements VolumeService {
     this.options = options
     this.host = options.host ?? os.hostname()
     this.logger = options.logger.child({ backend: 'cinder', host: this.host })
-    this.http = new HttpClient({ logger: this.logger, tls: options.settings.tls })
+    this.http = new HttpClient({ logger: this.logger, tls: options.settings.tls, ...(options.observe === undefined ? {} : { observe: options.observe }) })
   }
 
   /** The connected client (version discovery happens once, on first use). */

@@ -33,6 +33,8 @@ export interface BlockCacheStats {
   deviceReads: number
   deviceBytes: number
   prefetches: number
+  /** Blocks dropped: LRU eviction, drop-behind, a deleted image's. */
+  evictions: number
   cachedBytes: number
 }
 
@@ -63,7 +65,7 @@ export class BlockCache {
   private readonly pool: AlignedBlockPool
   private inflightBlocks = 0
   private readonly maxInflightBlocks: number
-  readonly stats: BlockCacheStats = { hits: 0, misses: 0, deviceReads: 0, deviceBytes: 0, prefetches: 0, cachedBytes: 0 }
+  readonly stats: BlockCacheStats = { hits: 0, misses: 0, deviceReads: 0, deviceBytes: 0, prefetches: 0, evictions: 0, cachedBytes: 0 }
 
   constructor(options: BlockCacheOptions) {
     this.blockSize = options.blockSize
@@ -77,6 +79,7 @@ export class BlockCache {
       maxSize: options.budgetBytes,
       sizeCalculation: () => this.blockSize,
       dispose: block => {
+        this.stats.evictions++
         this.stats.cachedBytes -= this.blockSize
         this.pool.give(block)
       },

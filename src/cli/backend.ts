@@ -8,6 +8,7 @@ import { RbdConnector } from '../connectors/rbd.js'
 import { ConfigError, errorCode, errorMessage } from '../errors/errors.js'
 import type { Janitor } from '../janitor/janitor.js'
 import type { Logger } from '../log/logger.js'
+import type { Metrics } from '../metrics/metrics.js'
 import { CinderVolumeService } from '../backends/cinder.js'
 import { LocalVolumeService } from '../backends/local.js'
 import type { VolumeService } from '../backends/volume-service.js'
@@ -28,9 +29,10 @@ export interface Backend {
  * The composition of a backend and the connectors its connection infos need.
  * `spares`: volumes the cinder backend makes ahead of need (a mount that
  * writes); each is marked as an unfinished upload of this host, so recovery
- * deletes what a crash leaves.
+ * deletes what a crash leaves. `metrics`: told of every OpenStack request.
  */
-export async function openBackend(config: Config, logger: Logger, janitor: Janitor, options: { spares?: number } = {}): Promise<Backend> {
+export async function openBackend(config: Config, logger: Logger, janitor: Janitor, options: { spares?: number, metrics?: Metrics } = {}): Promise<Backend> {
+  const { metrics } = options
   switch (config.backend) {
     case 'local': {
       const useLoopDevices = process.getuid?.() === 0 && fs.existsSync('/dev/loop-control')
@@ -44,6 +46,7 @@ export async function openBackend(config: Config, logger: Logger, janitor: Janit
       const service = new CinderVolumeService({
         settings, logger, host: config.host, initiator, janitor,
         ...(spares === 0 ? {} : { spares: { count: spares, metadata: { [keys.state]: 'uploading', [keys.host]: config.host } } }),
+        ...(metrics === undefined ? {} : { observe: call => { metrics.backendCall(call) } }),
       })
       let project: string | undefined
       try {

@@ -15,19 +15,31 @@ import { fuseOperations } from '../fuse/fuse-adapter.js'
 import { mountFuse3 } from '../fuse/fuse3-mount.js'
 import { isMounted, mountFuse } from '../fuse/mount.js'
 import type { Logger } from '../log/logger.js'
-import { Metrics } from '../metrics/metrics.js'
+import { createMetrics } from '../metrics/metrics.js'
+import { serveMetrics } from '../metrics/server.js'
+import { Transfers } from '../metrics/transfers.js'
 import { ImageStore } from '../store/image-store.js'
-import { removePidFile, writePidFile } from './runtime.js'
+import { ObservedVolumeService } from './observed-service.js'
+import { removePidFile, statusSocketFor, writePidFile } from './runtime.js'
+import { serveStatus, type StatusReport } from './status.js'
+
+/** Logged once the mount is usable (tests and operators wait for it). */
+export const MOUNTED_MESSAGE = 'mounted'
 
 /** How often the daemon looks whether someone else unmounted it (fusermount -u, umount). */
 const mountCheckMs = 2000
 
-/** Builds the layers, recovers, mounts, and runs until SIGINT/SIGTERM or an outside unmount. Resolves with the exit code. */
-export async function runMount(config: Config, log: Logger): Promise<number> {
+/**
+ * Builds the layers, recovers, mounts, and runs until SIGINT/SIGTERM or an
+ * outside unmount. Resolves with the exit code. `onMounted` runs once the
+ * mount is usable (readiness for systemd and the mount helper).
+ */
+export async function runMount(config: Config, log: Logger, onMounted: () => void = () => undefined): Promise<number> {
+  const metrics = createMetrics()
   const janitor = new Janitor({ logger: log })
   const apiRetryWindowMs = config.apiRetryWindowSeconds * 1000
-  const backend = await openBackend(config, log, janitor, { spares: config.readOnly ? 0 : config.createAhead })
-  const { service } = backend
+  const backend = await openBackend(config, log, janitor, { spares: config.readOnly ? 0 : config.createAhead, metrics })
+  const service = new ObservedVolumeService(backend.service, metrics)
   let glance: GlanceRegistration | undefined
   try {
     if (config.glanceRegister) glance = await openRegistration(config, false, log)
@@ -51,25 +63,41 @@ export async function runMount(config: Config, log: Logger): Promise<number> {
     writeBuffer: config.writeBuffer, sealDelayMs: config.sealDelaySeconds * 1000, uid: config.uid, gid: config.gid,
     apiRetryWindowMs,
   })
-  const metrics = new Metrics()
+  const transfers = new Transfers({ logger: log })
+  metrics.watch({ cache: () => cache.stats, attachmentsHeld: () => service.held.size, uploadsInFlight: () => transfers.uploads() })
+  const startedAt = new Date()
+  const status = (): StatusReport => ({
+    pid: process.pid, mountpoint: config.mountpoint, backend: service.kind, startedAt: startedAt.toISOString(),
+    transfers: transfers.list(),
+    attachments: [...service.held.values()].map(a => ({ volumeId: a.volumeId, attachmentId: a.attachmentId, mode: a.mode, transport: a.transport, seconds: (Date.now() - a.since.getTime()) / 1000 })),
+    cache: { bytes: cache.stats.cachedBytes, budgetBytes: config.cacheSize, hits: cache.stats.hits, misses: cache.stats.misses, evictions: cache.stats.evictions },
+  })
+  let metricsServer: Awaited<ReturnType<typeof serveMetrics>> | undefined
   try {
+    if (config.metricsAddr !== undefined) metricsServer = await serveMetrics(metrics.registry, config.metricsAddr, log)
+    service.recovering = true
     if (!config.readOnly) await fs.recover()
+    service.recovering = false
   } catch (err) {
+    transfers.close()
+    await metricsServer?.close()
     await service.close()
     throw err
   }
   const mountOptions = { allowOther: config.allowOther, readOnly: config.readOnly }
   const mount = config.fuseBinding === 'fuse3'
-    ? await mountFuse3(config.mountpoint, fs, store, { ...mountOptions, ttlSeconds: config.listTtlSeconds }, log, metrics)
-    : await mountFuse(config.mountpoint, fuseOperations(fs, log, metrics), mountOptions, log)
+    ? await mountFuse3(config.mountpoint, fs, store, { ...mountOptions, ttlSeconds: config.listTtlSeconds }, log, metrics, transfers)
+    : await mountFuse(config.mountpoint, fuseOperations(fs, log, metrics, transfers), mountOptions, log)
   await writePidFile(config.mountpoint)
+  const statusServer = await serveStatus(statusSocketFor(config.mountpoint), status, log)
   log.info({
     mountpoint: config.mountpoint, backend: service.kind, fuseBinding: config.fuseBinding, cacheSize: formatSize(config.cacheSize),
     blockSize: formatSize(config.blockSize), readahead: formatSize(config.readahead), host: config.host,
-  }, 'mounted')
+  }, MOUNTED_MESSAGE)
+  onMounted()
+  // What `cinderfs status` shows, in the log (and a stray SIGUSR2 must not kill the daemon, Node's default).
+  process.on('SIGUSR2', () => log.info({ ...status(), pendingCleanups: janitor.size }, 'status'))
 
-  const report = (): void => { log.info({ metrics: metrics.snapshot(), cache: cache.stats, pendingCleanups: janitor.size }, 'metrics') }
-  process.on('SIGUSR2', report)
   return new Promise<number>(resolve => {
     let stopping = false
     // fuse-native does not say when the kernel ends the session, so an outside
@@ -97,6 +125,8 @@ export async function runMount(config: Config, log: Logger): Promise<number> {
           }],
           ['backend', async () => service.close()],
           ['pidfile', async () => removePidFile(config.mountpoint)],
+          ['status', async () => statusServer.close()],
+          ['metrics', async () => metricsServer?.close()],
         ] as const) {
           try {
             await work()
@@ -105,7 +135,7 @@ export async function runMount(config: Config, log: Logger): Promise<number> {
             log.error({ step, err: errorMessage(err) }, 'stop step failed')
           }
         }
-        report()
+        transfers.close()
         log.info({ code }, 'stopped')
         resolve(code)
       })()

@@ -2,9 +2,12 @@ export const usage = `NAME
     cinderfs - Glance images in Cinder volumes, as plain files
 
 SYNOPSIS
-    cinderfs mount MOUNTPOINT [OPTIONS]
+    cinderfs mount MOUNTPOINT [OPTIONS] [-o opt,opt,...]
     cinderfs unmount MOUNTPOINT
     cinderfs register [IMAGE_ID...] --backend cinder [--dry-run] [--retire] [OPTIONS]
+    cinderfs status MOUNTPOINT [--json]
+    cinderfs doctor [MOUNTPOINT] [OPTIONS]
+    cinderfs SOURCE MOUNTPOINT -o opt,opt,...    (as mount -t fuse.cinderfs runs it)
     cinderfs --help | --version
 
 DESCRIPTION
@@ -19,7 +22,28 @@ DESCRIPTION
     with EROFS ("Read-only file system"); rename and rm still work.
 
     mount runs in the foreground until SIGINT or SIGTERM, then fails uploads
-    still being written, detaches every volume, unmounts and exits 0.
+    still being written, detaches every volume, unmounts and exits 0. Under
+    systemd (Type=notify) it reports readiness once the mount answers; see
+    contrib/cinderfs.service.
+
+    mount -t fuse.cinderfs SOURCE MOUNTPOINT -o opt,opt (or an /etc/fstab
+    line of type fuse.cinderfs) runs cinderfs SOURCE MOUNTPOINT -o opt,opt
+    through mount.fuse3: it returns once mounted and the daemon goes on in
+    the background, logging to --log-file. SOURCE is local, local:DIR,
+    cinder, cinder:CLOUD or cinderfs. Every option below is also an -o
+    option, with _ or - (cache_size=1G, allow_other, ro for --read-only);
+    generic mount options (defaults, rw, nofail, _netdev, x-systemd.*) are
+    ignored.
+
+    status prints what the daemon on MOUNTPOINT does now: uploads with bytes
+    and rate, reads with the time left, attachments, cache use. It asks the
+    daemon over a socket only root can open.
+
+    doctor checks what the daemon needs, one line each (ok, skip or FAIL and
+    how to fix it): /dev/fuse, the FUSE library, privileges, the local
+    directory or the cloud's credentials, Keystone, Cinder and its
+    microversion, the volume type, Ceph keyrings, and MOUNTPOINT (else every
+    cinderfs mount) for a stale mount. Give it the flags the mount uses.
 
     Outages: a cleanup step that fails (a detach, a volume delete, marking an
     image read-only) is retried with backoff while the daemon runs, and at
@@ -139,7 +163,18 @@ OPTIONS
         register: decide and print, change nothing.
     --log-level LEVEL
         fatal, error, warn, info (default), debug, trace or silent. Logs are
-        JSON lines on stderr, pretty when stderr is a terminal.
+        JSON lines on stderr, pretty when stderr is a terminal. Uploads and
+        reads log their progress every 5 s while they run.
+    --log-file FILE
+        Append the logs to FILE instead (default for a mount helper's daemon:
+        /var/log/cinderfs/<mountpoint>.log).
+    --metrics-addr HOST:PORT
+        Serve Prometheus metrics at http://HOST:PORT/metrics (off by
+        default; :PORT or PORT listen on 127.0.0.1).
+    -f, --foreground
+        As a mount helper: stay in the foreground.
+    --json
+        status: print JSON.
     -h, --help
         This text.
     --version
@@ -153,12 +188,16 @@ EXIT STATUS
     the next start, 2 for bad flags or configuration (one line on stderr
     says which). register: 0 every image registered or already there, 1 a
     failure or Glance unreachable, 3 a checksum mismatch, 4 some images left
-    alone (not in Glance, no hashes, empty).
+    alone (not in Glance, no hashes, empty). status: 1 when not root or no
+    daemon answers. doctor: 0 only when every check passed.
 
 EXAMPLES
     cinderfs mount /mnt/images
     cp cirros.img /mnt/images/8a1f3c1e-0b7e-4a4c-9d7d-3f1c2b6a9e10
     rsync -a /var/lib/glance/images/ /mnt/images/
     cinderfs register --backend cinder --glance-config /etc/glance/glance-api.conf --dry-run
+    cinderfs status /mnt/images
     cinderfs unmount /mnt/images
+    cinderfs doctor --backend cinder --os-cloud glance /mnt/images
+    mount -t fuse.cinderfs cinder:glance /mnt/images -o cache_size=1G,metrics_addr=:9717
 `

@@ -3,12 +3,16 @@ import path from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { ConfigError, errorMessage } from '../errors/errors.js'
 import { isMounted, unmountLazily } from '../fuse/mount.js'
-import { createLogger } from '../log/logger.js'
+import { execFile } from 'node:child_process'
+import { createLogger, type Logger } from '../log/logger.js'
 import { parseCommand } from './args.js'
+import { mountInBackground, reportMounted } from './background.js'
 import { runMount } from './daemon.js'
 import { runRegister } from './register.js'
+import { runDoctor } from './doctor.js'
 import { usage } from './help.js'
-import { readPidFile } from './runtime.js'
+import { readPidFile, statusSocketFor } from './runtime.js'
+import { formatStatus, queryStatus } from './status.js'
 import { processAlive } from '../system/process.js'
 
 async function main(argv: string[]): Promise<number> {
@@ -27,10 +31,18 @@ async function main(argv: string[]): Promise<number> {
       return 0
     case 'unmount':
       return unmount(command.mountpoint)
+    case 'status':
+      return status(command.mountpoint, command.json)
+    case 'doctor':
+      return runDoctor(command.config, command.mountpoint, process.stdout)
     case 'mount': {
-      const log = createLogger(command.config.logLevel)
+      if (command.background) return mountInBackground(command.config, argv, process.argv[1] ?? '')
+      const log = createLogger(command.config.logLevel, command.config.logFile)
       try {
-        return await runMount(command.config, log)
+        return await runMount(command.config, log, () => {
+          reportMounted()
+          notifySystemd(log)
+        })
       } catch (err) {
         if (err instanceof ConfigError) return usageError(err)
         log.fatal({ err: errorMessage(err) }, 'mount failed')
@@ -48,6 +60,31 @@ async function main(argv: string[]): Promise<number> {
       }
     }
   }
+}
+
+/** Type=notify: tell systemd we are mounted (NotifyAccess=all lets systemd-notify speak for us). */
+function notifySystemd(log: Logger): void {
+  if (process.env.NOTIFY_SOCKET === undefined) return
+  execFile('systemd-notify', ['--ready', `--pid=${process.pid}`], err => {
+    if (err !== null) log.warn({ err: errorMessage(err) }, 'systemd-notify --ready failed')
+  })
+}
+
+/** What the daemon on MOUNTPOINT does now, from its root-only socket. */
+async function status(mountpoint: string, json: boolean): Promise<number> {
+  if (process.geteuid?.() !== 0) {
+    process.stderr.write('cinderfs: status needs root: the daemon answers only on a socket root can open\n')
+    return 1
+  }
+  let report
+  try {
+    report = await queryStatus(statusSocketFor(mountpoint))
+  } catch (err) {
+    process.stderr.write(`cinderfs: no cinderfs daemon answers for ${mountpoint} (${errorMessage(err)})\n`)
+    return 1
+  }
+  process.stdout.write(json ? `${JSON.stringify(report, null, 2)}\n` : formatStatus(report))
+  return 0
 }
 
 function usageError(err: unknown): number {

@@ -3,11 +3,21 @@ import fs from 'node:fs/promises'
 import os from 'node:os'
 import path from 'node:path'
 
-/** Where a running daemon records its pid, so `cinderfs unmount` can ask it to stop cleanly. */
-export function pidFileFor(mountpoint: string): string {
+/** The daemon's files for one mount point, in a directory only its user can enter (/run/cinderfs as root). */
+function runFileFor(mountpoint: string, suffix: string): string {
   const dir = process.getuid?.() === 0 ? '/run/cinderfs' : path.join(os.tmpdir(), `cinderfs-${process.getuid?.() ?? 0}`)
   const key = createHash('sha256').update(mountpoint).digest('hex').slice(0, 16)
-  return path.join(dir, `${key}.pid`)
+  return path.join(dir, `${key}.${suffix}`)
+}
+
+/** Where a running daemon records its pid, so `cinderfs unmount` can ask it to stop cleanly. */
+export function pidFileFor(mountpoint: string): string {
+  return runFileFor(mountpoint, 'pid')
+}
+
+/** The daemon's status socket (`cinderfs status`). */
+export function statusSocketFor(mountpoint: string): string {
+  return runFileFor(mountpoint, 'sock')
 }
 
 export async function writePidFile(mountpoint: string): Promise<void> {

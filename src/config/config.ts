@@ -32,6 +32,10 @@ export interface Config {
   allowOther: boolean
   readOnly: boolean
   logLevel: string
+  /** Logs go here instead of stderr (a mount helper's daemon has no terminal). */
+  logFile: string | undefined
+  /** Serve Prometheus metrics here (off when undefined). */
+  metricsAddr: { host: string, port: number } | undefined
   /** `image_owner` of new images; undefined: the backend's project (cinder) or `cinderfs` (local). */
   imageOwner: string | undefined
   /** cinder backend: a cloud of clouds.yaml (else OS_CLOUD, else the OS_* variables). */

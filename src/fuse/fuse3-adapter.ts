@@ -6,6 +6,7 @@ import type { FileStat } from '../fs/types.js'
 import type { Logger } from '../log/logger.js'
 import { AlignedBlockPool } from '../memory/aligned-blocks.js'
 import type { Metrics } from '../metrics/metrics.js'
+import type { Transfers } from '../metrics/transfers.js'
 import { requestFailure } from './fuse-adapter.js'
 import { generation, InodeTable, rootIno, type Inode } from './inodes.js'
 import { openFlags, type Attr, type Entry, type Fuse3Native } from './fuse3-native.js'
@@ -29,6 +30,8 @@ export interface Fuse3AdapterOptions {
   native: Fuse3Native
   log: Logger
   metrics: Metrics
+  /** Progress lines and `cinderfs status` of uploads and reads. */
+  transfers: Transfers
   /** Entry and (sealed images') attribute timeout: the listing's TTL, as stale as the namespace may be anyway. */
   ttlSeconds: number
 }
@@ -46,6 +49,7 @@ export class Fuse3Adapter {
   private readonly native: Fuse3Native
   private readonly log: Logger
   private readonly metrics: Metrics
+  private readonly transfers: Transfers
   private readonly ttl: number
   private readonly failure: (op: string, path: string, err: unknown) => number
   /** Directory listings, one per opendir, so offsets stay meaningful while names come and go. */
@@ -63,8 +67,9 @@ export class Fuse3Adapter {
     this.native = o.native
     this.log = o.log.child({ component: 'fuse3' })
     this.metrics = o.metrics
+    this.transfers = o.transfers
     this.ttl = o.ttlSeconds
-    this.failure = requestFailure(this.log, o.metrics)
+    this.failure = requestFailure(this.log)
   }
 
   /** Called once when the session ends (unmounted by us or from outside). */
@@ -90,10 +95,12 @@ export class Fuse3Adapter {
       case 'write': return this.write(id, fh, b, data instanceof Buffer ? data : Buffer.alloc(0))
     }
     if (interruptible.has(op)) this.inFlight.add(id)
-    this.metrics.op(op)
+    const answered = this.metrics.fuseRequest(op)
     const label = name === null || op.endsWith('xattr') ? this.inodes.get(ino)?.name ?? (ino === rootIno ? '' : `#${ino}`) : name
-    this.dispatch(op, id, ino, a, b, fh, name ?? '', name2 ?? '', data).catch((err: unknown) => {
-      this.reply(id, () => { this.native.replyErr(id, -this.failure(op, `/${label}`, err)) })
+    this.dispatch(op, id, ino, a, b, fh, name ?? '', name2 ?? '', data).then(() => { answered(0) }, (err: unknown) => {
+      const errno = this.failure(op, `/${label}`, err)
+      answered(errno)
+      this.reply(id, () => { this.native.replyErr(id, -errno) })
     })
   }
 
@@ -224,6 +231,7 @@ export class Fuse3Adapter {
     // The name now means another volume: ESTALE makes the kernel look it up again and open the new inode.
     if (now.volumeId !== inode.volumeId) fail('ESTALE', `${path} was replaced by another image`, { volumeId: inode.volumeId })
     const fh = await this.fs.open(path, flags)
+    this.track(fh, flags, path)
     // Asked again: the open may have waited for a finalisation to end.
     inode.sealed = (await this.fs.identify(path).catch(() => now)).sealed
     const writable = (flags & accessModeMask) !== constants.O_RDONLY
@@ -237,6 +245,7 @@ export class Fuse3Adapter {
   private async create(id: number, parent: number, name: string, mode: number): Promise<void> {
     if (parent !== rootIno) fail('ENOTDIR', `inode ${parent} is not a directory`)
     const fh = await this.fs.create(`/${name}`, mode)
+    this.track(fh, constants.O_WRONLY, `/${name}`)
     const inode = await this.bind(name)
     this.inodes.opened(inode)
     this.inodes.lookedUp(inode)
@@ -248,6 +257,7 @@ export class Fuse3Adapter {
 
   /** id 0: a release of our own (the open's reply did not reach its caller). */
   private async release(id: number, ino: number, fh: number): Promise<void> {
+    this.transfers.end(fh)
     try {
       await this.fs.release(fh)
     } finally {
@@ -305,17 +315,33 @@ export class Fuse3Adapter {
     this.ok(id)
   }
 
+  /** An open or create, for the metrics and the progress of long copies. */
+  private track(fh: number, flags: number, path: string): void {
+    if ((flags & accessModeMask) !== constants.O_RDONLY) {
+      this.metrics.uploadStarted()
+      this.transfers.begin(fh, 'upload', path)
+      return
+    }
+    this.transfers.begin(fh, 'read', path)
+    void this.fs.getattr(path).then(stat => { this.transfers.sized(fh, stat.size) }, () => undefined)
+  }
+
   private read(id: number, fh: number, length: number, position: number): void {
-    this.metrics.request('read', length)
+    const answered = this.metrics.fuseRequest('read', length)
     this.inFlight.add(id)
     const target = this.replyBuffers.take()
     const send = (views: Buffer[]): void => {
+      const bytes = views.reduce((sum, view) => sum + view.length, 0)
+      answered(bytes)
+      if (bytes > 0) this.transfers.add(fh, bytes)
       this.reply(id, () => { this.native.replyData(id, views) })
       this.replyBuffers.give(target)
     }
     const failed = (err: unknown): void => {
       this.replyBuffers.give(target)
-      this.reply(id, () => { this.native.replyErr(id, -this.failure('read', `fh ${fh}`, err)) })
+      const errno = this.failure('read', `fh ${fh}`, err)
+      answered(errno)
+      this.reply(id, () => { this.native.replyErr(id, -errno) })
     }
     try {
       const views = this.fs.readViews(fh, target, Math.min(length, maxRequestBytes), position)
@@ -327,11 +353,19 @@ export class Fuse3Adapter {
   }
 
   private write(id: number, fh: number, position: number, data: Buffer): void {
-    this.metrics.request('write', data.length)
+    const answered = this.metrics.fuseRequest('write', data.length)
     // `data` is libfuse's receive buffer, valid until this reply; the upload copies it into its window.
     this.fs.write(fh, data, data.length, position).then(
-      n => this.reply(id, () => { this.native.replyWrite(id, n) }),
-      (err: unknown) => this.reply(id, () => { this.native.replyErr(id, -this.failure('write', `fh ${fh}`, err)) }),
+      n => {
+        answered(n)
+        this.transfers.add(fh, n)
+        this.reply(id, () => { this.native.replyWrite(id, n) })
+      },
+      (err: unknown) => {
+        const errno = this.failure('write', `fh ${fh}`, err)
+        answered(errno)
+        this.reply(id, () => { this.native.replyErr(id, -errno) })
+      },
     )
   }
 
@@ -343,7 +377,7 @@ export class Fuse3Adapter {
    */
   private interrupt(id: number, pid: number): void {
     if (!this.inFlight.has(id) || !beingKilled(pid)) return
-    this.metrics.op('interrupt')
+    this.metrics.fuseRequest('interrupt')(0)
     // Answered now; the work goes on, and its own answer is dropped as stale.
     this.reply(id, () => { this.native.replyErr(id, errno.EINTR) })
   }

@@ -3,6 +3,7 @@ import { errorMessage } from '../errors/errors.js'
 import type { ImageFs } from '../fs/image-fs.js'
 import type { Logger } from '../log/logger.js'
 import type { Metrics } from '../metrics/metrics.js'
+import type { Transfers } from '../metrics/transfers.js'
 import type { ImageStore } from '../store/image-store.js'
 import { Fuse3Adapter } from './fuse3-adapter.js'
 import { loadFuse3 } from './fuse3-native.js'
@@ -23,10 +24,10 @@ export interface Fuse3MountOptions extends MountOptions {
 }
 
 /** Mounts with native/fuse3; the inode table and adapter live as long as the session. */
-export async function mountFuse3(mountpoint: string, imageFs: ImageFs, store: ImageStore, options: Fuse3MountOptions, log: Logger, metrics: Metrics): Promise<FuseMount & { adapter: Fuse3Adapter }> {
+export async function mountFuse3(mountpoint: string, imageFs: ImageFs, store: ImageStore, options: Fuse3MountOptions, log: Logger, metrics: Metrics, transfers: Transfers): Promise<FuseMount & { adapter: Fuse3Adapter }> {
   await prepareMountpoint(mountpoint, log)
   const native = loadFuse3()
-  const adapter = new Fuse3Adapter({ fs: imageFs, native, log, metrics, ttlSeconds: options.ttlSeconds })
+  const adapter = new Fuse3Adapter({ fs: imageFs, native, log, metrics, transfers, ttlSeconds: options.ttlSeconds })
   const mountOptions = ['fsname=cinderfs', 'subtype=cinderfs', 'default_permissions']
   if (options.allowOther) mountOptions.push('allow_other')
   if (options.readOnly) mountOptions.push('ro')

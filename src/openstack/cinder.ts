@@ -216,6 +216,12 @@ export class CinderClient {
     return { limit, used: number(gigabytes, 'in_use') + reserved }
   }
 
+  /** Names of the volume types this project may use (`cinderfs doctor` checks the configured one is among them). */
+  async volumeTypeNames(): Promise<string[]> {
+    const reply = await this.call('GET', '/types', {})
+    return array(object(reply.data, 'body').volume_types, 'volume_types').map(t => string(object(t, 'volume type'), 'name'))
+  }
+
   // --------------------------------------------------------- attachments
 
   /** Attaches to this host through the attachments API or, before 3.54, the legacy actions. */
@@ -374,6 +380,7 @@ export class CinderClient {
 
   private async call(method: 'GET' | 'POST' | 'PUT' | 'DELETE', path: string, request: { body?: unknown, idempotent?: boolean, context?: Record<string, string> }): Promise<HttpResponse> {
     return await this.options.http.send({
+      service: 'cinder',
       method,
       url: this.base + path,
       headers: { 'OpenStack-API-Version': `volume ${formatMicroversion(this.microversion)}` },
@@ -416,7 +423,7 @@ function checkStatus(volume: CinderVolume, transitional: string[], target: strin
 async function discover(http: HttpClient, keystone: KeystoneClient, base: string): Promise<{ min: Microversion, max: Microversion }> {
   // The versioned root (…/v3/) works behind any path prefix; Cinder wants a token there.
   const root = base.replace(/\/v3(\/.*)?$/, '') + '/v3/'
-  const reply = await http.send({ method: 'GET', url: root, auth: keystone.authenticator(), idempotent: true, accept: [300] })
+  const reply = await http.send({ service: 'cinder', method: 'GET', url: root, auth: keystone.authenticator(), idempotent: true, accept: [300] })
   const versions = array(object(reply.data, 'version document').versions, 'versions').map(v => object(v, 'version'))
   const v3 = versions.find(v => optionalString(v, 'id')?.startsWith('v3') === true)
   if (v3 === undefined) fail('EIO', `Cinder at ${base} does not offer API v3`)

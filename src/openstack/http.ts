@@ -22,11 +22,15 @@ export interface HttpOptions {
   retries?: number
   /** First retry delay; doubles per attempt. */
   retryDelayMs?: number
+  /** Told of every attempt's outcome (metrics); never sees headers or bodies. */
+  observe?: (call: { service: string, method: string, status: number | 'error', seconds: number }) => void
 }
 
 export interface HttpRequest {
   method: Method
   url: string
+  /** Which OpenStack service answers (keystone, cinder, glance): a metric label. */
+  service?: string
   headers?: Record<string, string>
   body?: unknown
   /** Safe to send twice. Only then are connection errors and 5xx retried: a create must never run twice. */
@@ -78,11 +82,13 @@ export class HttpClient {
   private readonly logger: Logger
   private readonly retries: number
   private readonly retryDelayMs: number
+  private readonly observe: HttpOptions['observe']
 
   constructor(options: HttpOptions) {
     this.logger = options.logger
     this.retries = options.retries ?? 3
     this.retryDelayMs = options.retryDelayMs ?? 250
+    this.observe = options.observe
     this.httpsAgent = new https.Agent({
       keepAlive: true,
       ca: readCa(options.tls?.caFile),
@@ -117,6 +123,7 @@ export class HttpClient {
       try {
         response = await this.once(request, auth)
       } catch (err) {
+        this.observed(request, 'error', started)
         const failure = connectionError(request, err)
         const code = failure.details.code
         // One retry whatever the window: a keep-alive socket the server had just closed is the common case.
@@ -124,6 +131,7 @@ export class HttpClient {
         await this.pause(request, attempt, failure)
         continue
       }
+      this.observed(request, response.status, started)
       const ok = (response.status >= 200 && response.status < 300) || request.accept?.includes(response.status) === true
       const line = { ...request.context, method: request.method, path: pathOf(request.url), status: response.status, ms: Date.now() - started, requestId: response.requestId }
       if (ok) {
@@ -151,6 +159,10 @@ export class HttpClient {
   close(): void {
     this.httpAgent.destroy()
     this.httpsAgent.destroy()
+  }
+
+  private observed(request: HttpRequest, status: number | 'error', started: number): void {
+    this.observe?.({ service: request.service ?? 'openstack', method: request.method.toUpperCase(), status, seconds: (Date.now() - started) / 1000 })
   }
 
   private async once(request: HttpRequest, auth: Record<string, string>): Promise<HttpResponse> {

@@ -133,7 +133,7 @@ export class KeystoneClient {
   private async authenticate(): Promise<Token> {
     let response: HttpResponse
     try {
-      response = await this.http.send({ method: 'POST', url: this.tokensUrl, body: { auth: authBody(this.credentials) }, idempotent: true })
+      response = await this.http.send({ service: 'keystone', method: 'POST', url: this.tokensUrl, body: { auth: authBody(this.credentials) }, idempotent: true })
     } catch (err) {
       if (err instanceof CinderfsError && err.code === 'EACCES') {
         throw new CinderfsError('EACCES', `Keystone refused the credentials of ${describe(this.credentials)}: ${err.message}`, err.details)

@@ -1,6 +1,6 @@
 import path from 'node:path'
 import t from 'tap'
-import { parseCommand } from '../../src/cli/args.js'
+import { listenAddress, parseCommand } from '../../src/cli/args.js'
 import { run } from '../helpers/shell.js'
 
 const cli = path.join(__dirname, '..', '..', '..', 'bin', 'cinderfs')
@@ -59,4 +59,43 @@ t.test('the command line: exit 2 and one line on stderr for mistakes; --help rea
   t.equal(help.code, 0)
   for (const section of ['NAME', 'SYNOPSIS', 'DESCRIPTION', 'OPTIONS', 'EXIT STATUS', 'EXAMPLES']) t.match(help.stdout, new RegExp(`^${section}$`, 'm'), `has ${section}`)
   t.equal((await run(`'${cli}' unmount /nonexistent-dir-for-cinderfs`)).code, 2, 'unmount of something not mounted: exit 2')
+})
+
+t.test('the mount(8) calling convention: SOURCE MOUNTPOINT -o opt,opt, every flag also an option', async t => {
+  const helper = parseCommand(['cinder:glance', '/srv/images', '-o', 'rw,dev,suid,nofail,_netdev,x-systemd.automount,cache_size=1G,allow_other,ro,metrics_addr=:9717,idle-detach=5'])
+  if (helper.kind !== 'mount') throw new Error('expected mount')
+  t.equal(helper.background, true, 'called by mount(8): the helper returns once mounted')
+  t.equal(helper.config.backend, 'cinder')
+  t.equal(helper.config.osCloud, 'glance', 'cinder:CLOUD names the cloud')
+  t.equal(helper.config.cacheSize, 1024 ** 3, 'cache_size=1G')
+  t.equal(helper.config.allowOther, true, 'allow_other')
+  t.equal(helper.config.readOnly, true, 'ro')
+  t.equal(helper.config.idleDetachSeconds, 5, 'dashes work too')
+  t.same(helper.config.metricsAddr, { host: '127.0.0.1', port: 9717 }, ':PORT listens on 127.0.0.1')
+  const local = parseCommand(['local:/var/lib/vols', '/mnt', '-o', 'log_file=/tmp/x.log', '-f'])
+  if (local.kind !== 'mount') throw new Error('expected mount')
+  t.equal(local.background, false, '-f keeps it in the foreground')
+  t.equal(local.config.localDir, '/var/lib/vols')
+  t.equal(local.config.logFile, '/tmp/x.log')
+  const plain = parseCommand(['mount', '/mnt', '-o', 'read_only,block_size=256K'])
+  t.match(plain, { kind: 'mount', background: false, config: { readOnly: true, blockSize: 256 * 1024 } }, '-o works with cinderfs mount too')
+  const cases: Array<[string[], RegExp]> = [
+    [['nfs:/x', '/mnt'], /unknown command 'nfs:\/x'.*SOURCE is local, local:DIR, cinder, cinder:CLOUD or cinderfs/],
+    [['cinderfs', '/mnt', '-o', 'frobnicate'], /-o frobnicate: not a cinderfs option/],
+    [['cinderfs', '/mnt', '-o', 'cache_size'], /-o cache_size: needs a value/],
+    [['cinderfs', '/mnt', '-o', 'allow_other=1'], /-o allow_other: takes no value/],
+    [['mount', '/m', '--metrics-addr', 'localhost'], /--metrics-addr: 'localhost' is not HOST:PORT/],
+    [['mount', '/m', '--metrics-addr', ':99999'], /is not HOST:PORT/],
+  ]
+  for (const [argv, message] of cases) t.throws(() => parseCommand(argv), { name: 'ConfigError', message }, argv.join(' '))
+  t.same(listenAddress('--metrics-addr', '0.0.0.0:9717'), { host: '0.0.0.0', port: 9717 })
+  t.same(listenAddress('--metrics-addr', '[::1]:9717'), { host: '::1', port: 9717 })
+  t.same(listenAddress('--metrics-addr', '9717'), { host: '127.0.0.1', port: 9717 })
+})
+
+t.test('status and doctor commands', async t => {
+  t.same(parseCommand(['status', '/mnt/x', '--json']), { kind: 'status', mountpoint: '/mnt/x', json: true })
+  t.match(parseCommand(['doctor']), { kind: 'doctor', mountpoint: undefined })
+  t.match(parseCommand(['doctor', '/mnt/x', '--backend', 'cinder']), { kind: 'doctor', mountpoint: '/mnt/x', config: { backend: 'cinder' } })
+  t.throws(() => parseCommand(['status']), { message: /status: missing MOUNTPOINT/ })
 })
