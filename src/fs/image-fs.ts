@@ -266,7 +266,8 @@ export class ImageFs {
   }
 
   async utimens(path: string, mtimeMs: number): Promise<void> {
-    await this.setAttributes(path, { mtimeNs: BigInt(Math.round(mtimeMs)) * 1_000_000n })
+    // Kept to the millisecond, truncated as stat(1) and rsync read times (libfuse3 passes nanoseconds).
+    await this.setAttributes(path, { mtimeNs: BigInt(Math.floor(mtimeMs)) * 1_000_000n })
   }
 
   async chmod(path: string, mode: number): Promise<void> {
