@@ -9,6 +9,7 @@ import { startDaemon, type Workspace } from '../helpers/daemon.js'
 import { FROM_IMAGE, GLANCE, GlanceApi } from '../helpers/glance.js'
 import { CLOUDS, openStackSuite, STATE_DIR, testService } from '../helpers/openstack.js'
 import { run, sh } from '../helpers/shell.js'
+import { lifecycleMessages } from '../../src/image/lifecycle.js'
 
 const suite = openStackSuite(t)
 const MiB = 1024 * 1024
@@ -95,9 +96,11 @@ t.test('a Glance library rsync\'d into cinderfs is served by glance-api from Cin
   const flippedBefore = await glance.image(id('flipped'))
 
   // sealed at once: register leaves images that are not read-only yet alone
-  await startDaemon(ws, ['--seal-delay', '0'], { cwd: STATE_DIR })
+  const daemon = await startDaemon(ws, ['--seal-delay', '0'], { cwd: STATE_DIR })
   await fs.writeFile(path.join(root, 'list'), Object.values(ids).join('\n') + '\n')
   await sh(`rsync -a --files-from='${root}/list' '${GLANCE.dataDir}/' '${mountpoint}/' && rsync -a '${root}/${unknown}' '${mountpoint}/'`)
+  // A seal follows the last close of each file: wait for all of them (the images, and the unknown one).
+  await daemon.logged(lifecycleMessages.sealed, { times: Object.keys(ids).length + 1 })
   // deleted in Glance after the copy
   await glance.delete(id('deleted'))
   const targets = [...Object.values(ids), unknown]
