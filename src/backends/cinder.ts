@@ -34,9 +34,9 @@ export interface CinderBackendOptions {
   /** Told of every HTTP request's outcome (metrics). */
   observe?: HttpOptions['observe']
   /**
-   * A file recording attaches in flight, so that recovery deletes the
-   * attachments a crash left before they were complete (see AttachJournal).
-   * Without one, only completed attachments of this host are found.
+   * A file recording our attachments, so that recovery deletes those a crash
+   * left, even unfinished ones with no host yet (see AttachJournal). Without
+   * one, only completed attachments Cinder shows under this host are found.
    */
   attachJournal?: string
 }

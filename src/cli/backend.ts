@@ -30,8 +30,8 @@ export interface Backend {
  * `spares`: volumes the cinder backend makes ahead of need (a mount that
  * writes); each is marked as an unfinished upload of this host, so recovery
  * deletes what a crash leaves. `metrics`: told of every OpenStack request.
- * `attachJournal`: the cinder backend's record of attaches in flight (the
- * daemon's, one per mount point), so recovery finds unfinished ones.
+ * `attachJournal`: the cinder backend's record of its attachments (the
+ * daemon's, one per mount point), so recovery finds those a crash left.
  */
 export async function openBackend(config: Config, logger: Logger, janitor: Janitor, options: { spares?: number, metrics?: Metrics, attachJournal?: string } = {}): Promise<Backend> {
   const { metrics } = options

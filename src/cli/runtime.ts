@@ -11,7 +11,7 @@ function runFileFor(mountpoint: string, suffix: string): string {
 }
 
 /**
- * The cinder backend's journal of attaches in flight for one mount point and
+ * The cinder backend's journal of its attachments for one mount point and
  * host. It must outlive a reboot (what it names stays in Cinder), so it is
  * kept under /var/lib/cinderfs (as root), not /run.
  */

@@ -4,8 +4,8 @@ import path from 'node:path'
 import { CinderfsError } from '../errors/errors.js'
 import { array, object, optionalString, string } from './json.js'
 
-/** One attach between its `POST /attachments` and its completion. */
-export interface AttachInFlight {
+/** One attachment of ours, from just before its `POST /attachments` until it is deleted. */
+export interface JournaledAttach {
   token: string
   volumeId: string
   /** Known once the POST answered; absent when a run died while Cinder was creating it. */
@@ -13,18 +13,19 @@ export interface AttachInFlight {
 }
 
 /**
- * Attaches in flight, on disk. Until an attachment is completed Cinder shows
- * it in no volume's attachment list (a reservation has no host at all), so a
- * run killed between `POST /attachments` and `os-complete` leaves one that
- * recovery cannot find by host name. The entry is written before the POST,
- * gets the attachment id as soon as Cinder answers, and goes when the attach
- * completed or its attachment was deleted; what an earlier run left is what
- * recovery deletes. Each change replaces the file (write, fsync, rename), so a
- * crash leaves the old or the new state, never a torn one.
+ * Our attachments, on disk. Until an attachment is completed Cinder shows it
+ * in no volume's attachment list (a reservation has no host at all), and a
+ * completed one shows its host name to admins only, so a run killed while
+ * attaching or attached can leave one that recovery cannot find by host name.
+ * The entry is written before the POST, gets the attachment id as soon as
+ * Cinder answers, and goes when the attachment is deleted (or the attach
+ * failed and created none); what an earlier run left is what recovery
+ * deletes. Each change replaces the file (write, fsync, rename), so a crash
+ * leaves the old or the new state, never a torn one.
  */
 export class AttachJournal {
-  private readonly entries = new Map<string, AttachInFlight>()
-  /** Tokens read from the file at start: an earlier run's, never one of ours in flight. */
+  private readonly entries = new Map<string, JournaledAttach>()
+  /** Tokens read from the file at start: an earlier run's, never one of this run's. */
   private readonly inherited = new Set<string>()
   private loading: Promise<void> | undefined
   private writing: Promise<void> = Promise.resolve()
@@ -46,7 +47,7 @@ export class AttachJournal {
     })
   }
 
-  /** The attach completed, or its attachment is gone: nothing left to clean up. */
+  /** The attach created no attachment, or it is gone: nothing left to clean up. */
   async end(token: string): Promise<void> {
     await this.change(() => {
       this.entries.delete(token)
@@ -62,7 +63,7 @@ export class AttachJournal {
   }
 
   /** Attaches an earlier run left unfinished. */
-  async leftovers(): Promise<AttachInFlight[]> {
+  async leftovers(): Promise<JournaledAttach[]> {
     await this.load()
     return [...this.inherited].flatMap(token => this.entries.get(token) ?? [])
   }
@@ -89,7 +90,7 @@ export class AttachJournal {
       if ((err as NodeJS.ErrnoException).code === 'ENOENT') return
       throw err
     }
-    let entries: AttachInFlight[]
+    let entries: JournaledAttach[]
     try {
       entries = array(object(JSON.parse(text), 'attach journal').attaches, 'attaches').map(value => {
         const e = object(value, 'attach')

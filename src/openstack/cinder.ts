@@ -8,8 +8,8 @@ import { array, member, number, object, optionalString, string, stringMap, type 
 import type { EndpointFilter, KeystoneClient } from './keystone.js'
 import { compareMicroversions, formatMicroversion, negotiate, parseMicroversion, type Microversion } from './microversion.js'
 
-/** Logged (warn) when an attachment an earlier run left unfinished is found. */
-export const UNFINISHED_ATTACHMENT_FOUND = 'attachment left unfinished by an earlier run'
+/** Logged (warn) when the attach journal names an attachment an earlier run left. */
+export const JOURNALED_ATTACHMENT_FOUND = 'attachment left by an earlier run'
 /** Logged (warn) when a reservation with no host is deleted so that our image volume can go. */
 export const RESERVATION_REMOVED = 'deleted a reservation with no host'
 
@@ -38,7 +38,7 @@ export interface CinderOptions {
   ip: string
   /** The connector's `initiator` (our iSCSI IQN), which iSCSI targets admit. */
   initiator?: string
-  /** Attaches in flight, so recovery finds the attachments a crash left before they had a host (see AttachJournal). */
+  /** Our attachments on disk, so recovery finds those a crash left, even before they had a host (see AttachJournal). */
   journal?: AttachJournal
 }
 
@@ -266,12 +266,13 @@ export class CinderClient {
   }
 
   /**
-   * Attachments whose connector named this host, on any volume of the
-   * project, and those an earlier run's journal names that never completed
-   * (a reservation with no host yet, or one still `attaching`).
+   * Attachments an earlier run's journal names (completed or not: a
+   * reservation has no host, and a volume lists only completed attachments,
+   * with their host name to admins only), and those whose connector named
+   * this host on any volume of the project.
    */
   async ownAttachments(): Promise<Attachment[]> {
-    const own = await this.unfinishedAttachments()
+    const own = await this.journaledAttachments()
     let marker: string | undefined
     do {
       const page = await this.listVolumes(marker === undefined ? { limit: 1000 } : { limit: 1000, marker })
@@ -310,8 +311,6 @@ export class CinderClient {
       if (this.supports(FEATURES.attachmentComplete)) {
         await this.call('POST', `/attachments/${attachmentId}/action`, { body: { 'os-complete': null }, context })
       }
-      // complete: the volume lists it under our host now, where recovery looks
-      if (token !== undefined) await this.options.journal?.end(token)
       // attach_mode is right; connection_info.access_mode is not for non-admins
       const granted = attachMode(optionalString(attachment, 'attach_mode') ?? optionalString(created, 'attach_mode') ?? mode)
       return { id: attachmentId, volumeId, mode: granted, connectionInfo: flatConnectionInfo(attachment.connection_info) }
@@ -324,8 +323,8 @@ export class CinderClient {
   /**
    * The first step of an attach: `POST /attachments`, with the connector or
    * as a bare reservation (no host), recorded in the journal before it is
-   * sent and named there once Cinder answers, so a crash before the attach
-   * completes leaves an entry recovery deletes it by. Never sends
+   * sent and named there once Cinder answers, so a crash at any point until
+   * the detach leaves an entry recovery deletes it by. Never sends
    * instance_uuid: once such an attachment has a connection, deleting it makes
    * Cinder ask Nova (its CVE-2023-2088 check), which fails without one.
    */
@@ -360,12 +359,12 @@ export class CinderClient {
   }
 
   /**
-   * Attachments an earlier run's journal names that it never completed. One
-   * whose id the journal never got (the run died while Cinder was creating
-   * it) cannot be told from another host's reservation in flight: it is
-   * logged, not deleted; deleting the volume removes it (removeReservations).
+   * Attachments an earlier run's journal names that still exist. A
+   * reservation whose id the journal never got (the run died while Cinder
+   * was creating it) cannot be told from another host's attach in flight: it
+   * is logged, not deleted; deleting the volume removes it (removeReservations).
    */
-  private async unfinishedAttachments(): Promise<Attachment[]> {
+  private async journaledAttachments(): Promise<Attachment[]> {
     const journal = this.options.journal
     if (journal === undefined || !this.supports(FEATURES.attachments)) return []
     const found: Attachment[] = []
@@ -373,7 +372,7 @@ export class CinderClient {
       if (attachmentId === undefined) {
         const reserved = (await this.attachmentsOf(volumeId)).filter(a => a.status === 'reserved')
         if (reserved.length === 0) await journal.end(token)
-        else this.logger.warn({ volumeId, attachmentIds: reserved.map(a => a.id) }, `${UNFINISHED_ATTACHMENT_FOUND}, but its id was never recorded: not deleting reservations that may be another host's`)
+        else this.logger.warn({ volumeId, attachmentIds: reserved.map(a => a.id) }, `${JOURNALED_ATTACHMENT_FOUND}, but its id was never recorded: not deleting reservations that may be another host's`)
         continue
       }
       const context = { volumeId, attachmentId }
@@ -385,7 +384,7 @@ export class CinderClient {
         await journal.end(token)
         continue
       }
-      this.logger.warn({ ...context, status: optionalString(attachment, 'status') }, UNFINISHED_ATTACHMENT_FOUND)
+      this.logger.warn({ ...context, status: optionalString(attachment, 'status') }, JOURNALED_ATTACHMENT_FOUND)
       found.push({ id: attachmentId, volumeId, mode: attachMode(optionalString(attachment, 'attach_mode') ?? 'rw'), connectionInfo: flatConnectionInfo(attachment.connection_info) })
     }
     return found
