@@ -92,8 +92,12 @@ export class CinderVolumeService implements VolumeService {
       const spare = await this.spares.shift()
       this.refillSpares()
       if (spare !== undefined) {
-        // One PUT names it and replaces the spare's marks with the image's metadata.
-        const taken = await cinder.renameAndReplaceMetadata(spare.volume.id, request.name, request.metadata)
+        // A provisional volume keeps the spare's name and marks (an unfinished
+        // upload of this host) until the caller's replace; otherwise one PUT
+        // names it and replaces them with the image's metadata.
+        const taken = request.provisional === true
+          ? { ...spare.volume, name: request.name, metadata: request.metadata }
+          : await cinder.renameAndReplaceMetadata(spare.volume.id, request.name, request.metadata)
         this.spareAttachments.set(spare.volume.id, spare.attachment)
         this.logger.debug({ volumeId: spare.volume.id, attachmentId: spare.attachment.id, volumeName: request.name }, 'spare volume taken')
         return toVolume(taken)
@@ -161,6 +165,10 @@ export class CinderVolumeService implements VolumeService {
 
   async rename(volumeId: string, name: string): Promise<void> {
     await (await this.client()).renameVolume(volumeId, name)
+  }
+
+  async replace(volumeId: string, name: string, metadata: Record<string, string>): Promise<void> {
+    await (await this.client()).renameAndReplaceMetadata(volumeId, name, metadata)
   }
 
   async updateMetadata(volumeId: string, changes: Record<string, string | null>): Promise<void> {

@@ -55,7 +55,7 @@ export async function runMount(config: Config, log: Logger, onMounted: () => voi
   const store = new ImageStore({ service, logger: log, listTtlMs: config.listTtlSeconds * 1000, owner: { uid: config.uid, gid: config.gid } })
   const lifecycle = new ImageLifecycle({
     service, store, attachments, cache, logger: log, imageOwner: backend.imageOwner, host: config.host, uid: config.uid, gid: config.gid,
-    janitor, apiRetryWindowMs,
+    janitor, apiRetryWindowMs, clock: systemClock,
     ...(registering === undefined ? {} : { imageReady: (volumeId: string) => { registering.add(volumeId) } }),
   })
   const fs = new ImageFs({
