@@ -2,8 +2,9 @@ import { randomUUID } from 'node:crypto'
 import os from 'node:os'
 import type { Logger } from 'pino'
 import type { OpenStackSettings } from '../config/openstack.js'
-import { CinderfsError } from '../errors/errors.js'
+import { CinderfsError, errorCode } from '../errors/errors.js'
 import type { Janitor } from '../janitor/janitor.js'
+import { AttachJournal } from '../openstack/attach-journal.js'
 import { ADMIN_METADATA_KEYS, CinderClient, FEATURES, isReadOnly, type CinderVolume } from '../openstack/cinder.js'
 import { HttpClient, type HttpOptions } from '../openstack/http.js'
 import { KeystoneClient } from '../openstack/keystone.js'
@@ -32,6 +33,12 @@ export interface CinderBackendOptions {
   spares?: { count: number, metadata: Record<string, string> }
   /** Told of every HTTP request's outcome (metrics). */
   observe?: HttpOptions['observe']
+  /**
+   * A file recording our attachments, so that recovery deletes those a crash
+   * left, even unfinished ones with no host yet (see AttachJournal). Without
+   * one, only completed attachments Cinder shows under this host are found.
+   */
+  attachJournal?: string
 }
 
 /** Logged when a spare volume is made and attached (tests wait for it). */
@@ -212,7 +219,14 @@ export class CinderVolumeService implements VolumeService {
       this.spareAttachments.delete(volumeId)
       await cinder.detach(attachment)
     }
-    await cinder.deleteVolume(volumeId)
+    try {
+      await cinder.deleteVolume(volumeId)
+    } catch (err) {
+      // Cinder refuses while any attachment exists; a reservation a crash left
+      // (no host, no connection) must not keep our volume forever.
+      if (errorCode(err) !== 'EBUSY' || await cinder.removeReservations(volumeId) === 0) throw err
+      await cinder.deleteVolume(volumeId)
+    }
   }
 
   async attach(volumeId: string, mode: AttachMode): Promise<Attachment> {
@@ -272,6 +286,7 @@ export class CinderVolumeService implements VolumeService {
       host: this.host,
       ip: this.options.ip ?? hostIp(),
       ...(this.options.initiator === undefined ? {} : { initiator: this.options.initiator }),
+      ...(this.options.attachJournal === undefined ? {} : { journal: new AttachJournal(this.options.attachJournal) }),
       ...(settings.endpointOverride === undefined ? {} : { endpointOverride: settings.endpointOverride }),
       ...(settings.maxMicroversion === undefined ? {} : { maxMicroversion: settings.maxMicroversion }),
     })
