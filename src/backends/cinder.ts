@@ -2,8 +2,9 @@ import { randomUUID } from 'node:crypto'
 import os from 'node:os'
 import type { Logger } from 'pino'
 import type { OpenStackSettings } from '../config/openstack.js'
-import { CinderfsError } from '../errors/errors.js'
+import { CinderfsError, errorCode } from '../errors/errors.js'
 import type { Janitor } from '../janitor/janitor.js'
+import { AttachJournal } from '../openstack/attach-journal.js'
 import { ADMIN_METADATA_KEYS, CinderClient, FEATURES, isReadOnly, type CinderVolume } from '../openstack/cinder.js'
 import { HttpClient, type HttpOptions } from '../openstack/http.js'
 import { KeystoneClient } from '../openstack/keystone.js'
@@ -32,6 +33,12 @@ export interface CinderBackendOptions {
   spares?: { count: number, metadata: Record<string, string> }
   /** Told of every HTTP request's outcome (metrics). */
   observe?: HttpOptions['observe']
+  /**
+   * A file recording our attachments, so that recovery deletes those a crash
+   * left, even unfinished ones with no host yet (see AttachJournal). Without
+   * one, only completed attachments Cinder shows under this host are found.
+   */
+  attachJournal?: string
 }
 
 /** Logged when a spare volume is made and attached (tests wait for it). */
@@ -85,8 +92,12 @@ export class CinderVolumeService implements VolumeService {
       const spare = await this.spares.shift()
       this.refillSpares()
       if (spare !== undefined) {
-        // One PUT names it and replaces the spare's marks with the image's metadata.
-        const taken = await cinder.renameAndReplaceMetadata(spare.volume.id, request.name, request.metadata)
+        // A provisional volume keeps the spare's name and marks (an unfinished
+        // upload of this host) until the caller's replace; otherwise one PUT
+        // names it and replaces them with the image's metadata.
+        const taken = request.provisional === true
+          ? { ...spare.volume, name: request.name, metadata: request.metadata }
+          : await cinder.renameAndReplaceMetadata(spare.volume.id, request.name, request.metadata)
         this.spareAttachments.set(spare.volume.id, spare.attachment)
         this.logger.debug({ volumeId: spare.volume.id, attachmentId: spare.attachment.id, volumeName: request.name }, 'spare volume taken')
         return toVolume(taken)
@@ -156,6 +167,10 @@ export class CinderVolumeService implements VolumeService {
     await (await this.client()).renameVolume(volumeId, name)
   }
 
+  async replace(volumeId: string, name: string, metadata: Record<string, string>): Promise<void> {
+    await (await this.client()).renameAndReplaceMetadata(volumeId, name, metadata)
+  }
+
   async updateMetadata(volumeId: string, changes: Record<string, string | null>): Promise<void> {
     const cinder = await this.client()
     const set: Record<string, string> = {}
@@ -204,7 +219,14 @@ export class CinderVolumeService implements VolumeService {
       this.spareAttachments.delete(volumeId)
       await cinder.detach(attachment)
     }
-    await cinder.deleteVolume(volumeId)
+    try {
+      await cinder.deleteVolume(volumeId)
+    } catch (err) {
+      // Cinder refuses while any attachment exists; a reservation a crash left
+      // (no host, no connection) must not keep our volume forever.
+      if (errorCode(err) !== 'EBUSY' || await cinder.removeReservations(volumeId) === 0) throw err
+      await cinder.deleteVolume(volumeId)
+    }
   }
 
   async attach(volumeId: string, mode: AttachMode): Promise<Attachment> {
@@ -264,6 +286,7 @@ export class CinderVolumeService implements VolumeService {
       host: this.host,
       ip: this.options.ip ?? hostIp(),
       ...(this.options.initiator === undefined ? {} : { initiator: this.options.initiator }),
+      ...(this.options.attachJournal === undefined ? {} : { journal: new AttachJournal(this.options.attachJournal) }),
       ...(settings.endpointOverride === undefined ? {} : { endpointOverride: settings.endpointOverride }),
       ...(settings.maxMicroversion === undefined ? {} : { maxMicroversion: settings.maxMicroversion }),
     })

@@ -136,6 +136,14 @@ export class LocalVolumeService implements VolumeService {
     await this.update(volumeId, record => { record.name = name })
   }
 
+  async replace(volumeId: string, name: string, metadata: Record<string, string>): Promise<void> {
+    checkName(name)
+    await this.update(volumeId, record => {
+      record.name = name
+      record.metadata = { ...metadata }
+    })
+  }
+
   async updateMetadata(volumeId: string, changes: Record<string, string | null>): Promise<void> {
     await this.update(volumeId, record => {
       for (const [key, value] of Object.entries(changes)) {

@@ -13,6 +13,8 @@ export interface VolumeService {
   get(volumeId: string): Promise<Volume>
   list(options?: ListOptions): Promise<VolumePage>
   rename(volumeId: string, name: string): Promise<void>
+  /** Sets the name and the whole metadata (keys not named are removed), in one request. */
+  replace(volumeId: string, name: string, metadata: Record<string, string>): Promise<void>
   /** Merge: keys with a string value are set, keys with `null` are removed. */
   updateMetadata(volumeId: string, changes: Record<string, string | null>): Promise<void>
   setReadOnly(volumeId: string, readOnly: boolean): Promise<void>

@@ -30,8 +30,10 @@ export interface Backend {
  * `spares`: volumes the cinder backend makes ahead of need (a mount that
  * writes); each is marked as an unfinished upload of this host, so recovery
  * deletes what a crash leaves. `metrics`: told of every OpenStack request.
+ * `attachJournal`: the cinder backend's record of its attachments (the
+ * daemon's, one per mount point), so recovery finds those a crash left.
  */
-export async function openBackend(config: Config, logger: Logger, janitor: Janitor, options: { spares?: number, metrics?: Metrics } = {}): Promise<Backend> {
+export async function openBackend(config: Config, logger: Logger, janitor: Janitor, options: { spares?: number, metrics?: Metrics, attachJournal?: string } = {}): Promise<Backend> {
   const { metrics } = options
   switch (config.backend) {
     case 'local': {
@@ -45,6 +47,7 @@ export async function openBackend(config: Config, logger: Logger, janitor: Janit
       const spares = options.spares ?? 0
       const service = new CinderVolumeService({
         settings, logger, host: config.host, initiator, janitor,
+        ...(options.attachJournal === undefined ? {} : { attachJournal: options.attachJournal }),
         ...(spares === 0 ? {} : { spares: { count: spares, metadata: { [keys.state]: 'uploading', [keys.host]: config.host } } }),
         ...(metrics === undefined ? {} : { observe: call => { metrics.backendCall(call) } }),
       })

@@ -20,7 +20,7 @@ import { serveMetrics } from '../metrics/server.js'
 import { Transfers } from '../metrics/transfers.js'
 import { ImageStore } from '../store/image-store.js'
 import { ObservedVolumeService } from './observed-service.js'
-import { removePidFile, statusSocketFor, writePidFile } from './runtime.js'
+import { attachJournalFor, removePidFile, statusSocketFor, writePidFile } from './runtime.js'
 import { serveStatus, type StatusReport } from './status.js'
 
 /** Logged once the mount is usable (tests and operators wait for it). */
@@ -38,7 +38,7 @@ export async function runMount(config: Config, log: Logger, onMounted: () => voi
   const metrics = createMetrics()
   const janitor = new Janitor({ logger: log })
   const apiRetryWindowMs = config.apiRetryWindowSeconds * 1000
-  const backend = await openBackend(config, log, janitor, { spares: config.readOnly ? 0 : config.createAhead, metrics })
+  const backend = await openBackend(config, log, janitor, { spares: config.readOnly ? 0 : config.createAhead, metrics, attachJournal: attachJournalFor(config.mountpoint, config.host) })
   const service = new ObservedVolumeService(backend.service, metrics)
   let glance: GlanceRegistration | undefined
   try {
@@ -55,7 +55,7 @@ export async function runMount(config: Config, log: Logger, onMounted: () => voi
   const store = new ImageStore({ service, logger: log, listTtlMs: config.listTtlSeconds * 1000, owner: { uid: config.uid, gid: config.gid } })
   const lifecycle = new ImageLifecycle({
     service, store, attachments, cache, logger: log, imageOwner: backend.imageOwner, host: config.host, uid: config.uid, gid: config.gid,
-    janitor, apiRetryWindowMs,
+    janitor, apiRetryWindowMs, clock: systemClock,
     ...(registering === undefined ? {} : { imageReady: (volumeId: string) => { registering.add(volumeId) } }),
   })
   const fs = new ImageFs({

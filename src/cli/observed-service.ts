@@ -46,6 +46,10 @@ export class ObservedVolumeService implements VolumeService {
     return this.inner.rename(volumeId, name)
   }
 
+  async replace(volumeId: string, name: string, metadata: Record<string, string>): Promise<void> {
+    return this.inner.replace(volumeId, name, metadata)
+  }
+
   async updateMetadata(volumeId: string, changes: Record<string, string | null>): Promise<void> {
     return this.recovered('seal_finalised_image', this.inner.updateMetadata(volumeId, changes))
   }

@@ -10,6 +10,17 @@ function runFileFor(mountpoint: string, suffix: string): string {
   return path.join(dir, `${key}.${suffix}`)
 }
 
+/**
+ * The cinder backend's journal of its attachments for one mount point and
+ * host. It must outlive a reboot (what it names stays in Cinder), so it is
+ * kept under /var/lib/cinderfs (as root), not /run.
+ */
+export function attachJournalFor(mountpoint: string, host: string): string {
+  const dir = process.getuid?.() === 0 ? '/var/lib/cinderfs/attaching' : path.join(os.homedir(), '.local', 'share', 'cinderfs', 'attaching')
+  const key = createHash('sha256').update(`${host}\0${mountpoint}`).digest('hex').slice(0, 16)
+  return path.join(dir, `${key}.json`)
+}
+
 /** Where a running daemon records its pid, so `cinderfs unmount` can ask it to stop cleanly. */
 export function pidFileFor(mountpoint: string): string {
   return runFileFor(mountpoint, 'pid')

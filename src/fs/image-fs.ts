@@ -302,10 +302,12 @@ export class ImageFs {
     if (toName === source.name) return
     const replaced = await this.o.store.lookup(toName)
     const image = this.images.get(source.volume.id)
-    const rename = async (): Promise<void> => this.o.lifecycle.rename(source, toName)
+    // An image of this host's not sealed yet is renamed behind (one write, soon, with its attributes).
+    const rename = async (): Promise<void> => this.o.lifecycle.rename(source, toName, image !== undefined && isOwnUnsealed(image.phase))
     await (image === undefined ? rename() : image.exclusive(rename))
-    // Only now that the new image stands under the name is the old one deleted.
+    // Only once the new image stands under the name in the backend is the old one deleted.
     if (replaced !== undefined && replaced.volume.id !== source.volume.id) {
+      await this.o.lifecycle.written(source.volume.id)
       await this.remove(replaced).catch((err: unknown) => {
         this.log.error({ volumeId: replaced.volume.id, err: errorMessage(err) }, 'replaced image could not be deleted; it stays hidden behind the new one')
       })
@@ -377,6 +379,7 @@ export class ImageFs {
   async shutdown(): Promise<void> {
     this.stopping = true
     await Promise.all(this.creating)
+    await this.o.lifecycle.allWritten()
     // The mount is gone: no reader will release, and a seal must not wait for one.
     for (const image of this.images.values()) image.releaseRead()
     await Promise.all([...this.images.values()].map(async image => {
@@ -450,7 +453,8 @@ export class ImageFs {
    */
   private async finalise(image: OpenImage, reportErrors: boolean): Promise<void> {
     const upload = image.upload
-    if (upload === undefined) return
+    // unlinked while open: its last release deletes it, so there is nothing to record
+    if (upload === undefined || image.unlinked) return
     try {
       const result = await upload.finish()
       await this.o.lifecycle.complete(image.volumeId, result, image.pending)
@@ -574,7 +578,7 @@ export class ImageFs {
     const image = this.images.get(entry.volume.id)
     const apply = async (): Promise<void> => {
       if (image?.phase.kind === 'writing') Object.assign(image.pending, changes)
-      else await this.o.lifecycle.setAttributes(entry.volume.id, changes)
+      else await this.o.lifecycle.setAttributes(entry.volume.id, changes, image !== undefined && isOwnUnsealed(image.phase))
     }
     await (image === undefined ? apply() : image.exclusive(apply))
   }
@@ -589,4 +593,9 @@ export class ImageFs {
     for (const [name, value] of Object.entries(optional)) if (value !== undefined) out[name] = value
     return out
   }
+}
+
+/** Finalised or still uploading here: nobody else writes the volume, so its metadata can be written behind. */
+function isOwnUnsealed(phase: Phase): boolean {
+  return phase.kind === 'writing' || phase.kind === 'final'
 }

@@ -4,6 +4,7 @@ import type { BlockCache } from '../cache/block-cache.js'
 import { errorCode, fail } from '../errors/errors.js'
 import type { Janitor } from '../janitor/janitor.js'
 import type { Logger } from '../log/logger.js'
+import type { Clock } from '../model/clock.js'
 import type { Volume } from '../model/volume.js'
 import { withinRetryWindow } from '../outage/retry-window.js'
 import type { ImageEntry, ImageStore } from '../store/image-store.js'
@@ -36,7 +37,15 @@ export interface ImageLifecycleOptions {
   apiRetryWindowMs: number
   /** Told when an image is sealed or renamed, e.g. to register it in Glance; never awaited. */
   imageReady?: (volumeId: string) => void
+  /** Times the writes behind (see ImageLifecycle). */
+  clock: Clock
 }
+
+/**
+ * How long a deferred write waits for more changes: rsync's utimens, chmod
+ * and rename of one file come within a few ms of each other, and go in one write.
+ */
+export const WRITE_BEHIND_MS = 100
 
 /** Log lines tests and operators wait for. */
 export const lifecycleMessages = {
@@ -46,6 +55,8 @@ export const lifecycleMessages = {
   sealed: 'image sealed read-only',
   deleted: 'image deleted',
   renamed: 'renamed',
+  /** A rename or attribute change of an unsealed image, written behind: the backend has it now. */
+  writtenBehind: 'name and attributes written',
   refusedNotImage: 'refused to delete a volume that is not an image',
 } as const
 
@@ -57,9 +68,23 @@ export const lifecycleMessages = {
  * patches the namespace by hand. Metadata is written so that a crash at any
  * point leaves a volume recovery understands: `cinderfs_state` is set until
  * the bytes and their size are recorded, and `cinderfs_host` until sealed.
+ *
+ * While an image is this host's (from begin until sealed) nobody else writes
+ * its volume, so each write sends the entry's whole name and metadata in one
+ * request, and a rename or attribute change of a finalised image is written
+ * behind (`deferred`): the call returns once the namespace has it, and the
+ * write follows WRITE_BEHIND_MS later with every change made meanwhile. A crash
+ * in between leaves a complete image under its former name and times, which
+ * recovery seals; never lost bytes.
  */
 export class ImageLifecycle {
   private readonly log: Logger
+  /** The tail of each volume's writes: they reach the backend in the order they were made. */
+  private readonly writes = new Map<string, Promise<void>>()
+  /** Volumes with a deferred write queued and not yet begun (a later change rides along with it). */
+  private readonly queued = new Set<string>()
+  /** Ends the wait of a queued deferred write, by volume: whoever needs it written does not wait WRITE_BEHIND_MS. */
+  private readonly hurry = new Map<string, () => void>()
 
   constructor(private readonly o: ImageLifecycleOptions) {
     this.log = o.logger.child({ component: 'lifecycle' })
@@ -76,7 +101,8 @@ export class ImageLifecycle {
       ...attributeMetadata({ mode, uid: this.o.uid, gid: this.o.gid }),
     }
     if (isUuid(name)) metadata[keys.glanceImageId] = name
-    const volume = await this.withinWindow(async () => this.o.service.create({ name: volumeNameOf(name), sizeGiB: 1, metadata }))
+    // Provisional: complete() writes name and metadata whole; a crash before leaves a volume of this host's recovery deletes.
+    const volume = await this.withinWindow(async () => this.o.service.create({ name: volumeNameOf(name), sizeGiB: 1, metadata, provisional: true }))
     const entry = { name, volume, attrs: this.o.store.decode(volume) }
     this.o.store.set(entry)
     this.o.store.pin(name)
@@ -97,8 +123,7 @@ export class ImageLifecycle {
       [keys.sha512]: result.digests.sha512,
       [keys.state]: null,
     }
-    await this.withinWindow(async () => this.o.service.updateMetadata(volumeId, changes))
-    this.record(volumeId, changes, { sizeGiB: result.sizeGiB })
+    await this.withinWindow(async () => this.inOrder(volumeId, async () => this.write(volumeId, changes, { sizeGiB: result.sizeGiB })))
     const entry = this.o.store.byVolume(volumeId)
     if (entry !== undefined) this.o.store.unpin(entry.name)
     this.log.info({ volumeId, name: entry?.name, bytes: result.size, md5: result.digests.md5 }, lifecycleMessages.completed)
@@ -107,9 +132,8 @@ export class ImageLifecycle {
   /** A finalised, unsealed image taken back for writing (inside the seal delay). */
   async reopen(volumeId: string): Promise<void> {
     const changes = { [keys.state]: 'uploading', [keys.host]: this.o.host }
-    await this.withinWindow(async () => this.o.service.updateMetadata(volumeId, changes))
+    await this.withinWindow(async () => this.inOrder(volumeId, async () => this.write(volumeId, changes)))
     this.o.cache.forget(volumeId)
-    this.record(volumeId, changes)
     const entry = this.o.store.byVolume(volumeId)
     if (entry !== undefined) this.o.store.pin(entry.name)
     this.log.info({ volumeId, name: entry?.name }, lifecycleMessages.reopened)
@@ -121,10 +145,11 @@ export class ImageLifecycle {
    * so recovery seals an image whose daemon died before this.
    */
   async seal(volumeId: string): Promise<void> {
-    await this.o.service.setReadOnly(volumeId, true)
-    const changes = { [keys.host]: null }
-    await this.o.service.updateMetadata(volumeId, changes)
-    this.record(volumeId, changes, { readOnly: true })
+    this.hurry.get(volumeId)?.()
+    await this.inOrder(volumeId, async () => {
+      await this.o.service.setReadOnly(volumeId, true)
+      await this.write(volumeId, { [keys.host]: null }, { readOnly: true })
+    })
     this.log.info({ volumeId, name: this.o.store.byVolume(volumeId)?.name }, lifecycleMessages.sealed)
     this.o.imageReady?.(volumeId)
   }
@@ -166,28 +191,110 @@ export class ImageLifecycle {
     this.log.info({ volumeId, name: entry?.name ?? volume.name }, lifecycleMessages.deleted)
   }
 
-  /** Renames the image's volume; the generation goes first, so from then on this volume wins the name. */
-  async rename(entry: ImageEntry, toName: string): Promise<void> {
+  /**
+   * Renames the image's volume; the generation goes first, so from then on
+   * this volume wins the name. `deferred` (an image of this host's, not
+   * sealed): written behind, see the class comment.
+   */
+  async rename(entry: ImageEntry, toName: string, deferred = false): Promise<void> {
     const volumeId = entry.volume.id
     const generation = Date.now()
     const changes = { [keys.renamedAt]: String(generation), [keys.glanceImageId]: isUuid(toName) ? toName : null }
-    await this.o.service.updateMetadata(volumeId, changes)
-    await this.o.service.rename(volumeId, volumeNameOf(toName))
+    if (!deferred) {
+      await this.o.service.updateMetadata(volumeId, changes)
+      await this.o.service.rename(volumeId, volumeNameOf(toName))
+    }
     const current = this.o.store.byVolume(volumeId) ?? entry
     const pinned = this.o.store.isPinned(current.name)
     this.o.store.remove(current.name)
     const volume = withMetadata({ ...current.volume, name: volumeNameOf(toName) }, changes)
     this.o.store.set({ name: toName, volume, attrs: { ...current.attrs, generation } })
     if (pinned) this.o.store.pin(toName)
-    this.log.info({ volumeId, from: entry.name, to: toName }, lifecycleMessages.renamed)
-    this.o.imageReady?.(volumeId)
+    this.log.info({ volumeId, from: entry.name, to: toName, deferred }, lifecycleMessages.renamed)
+    if (deferred) this.writeBehind(volumeId)
+    else this.o.imageReady?.(volumeId)
   }
 
-  async setAttributes(volumeId: string, changes: ImageAttributeChanges): Promise<void> {
+  /** `deferred`: as for rename. */
+  async setAttributes(volumeId: string, changes: ImageAttributeChanges, deferred = false): Promise<void> {
     const metadata = attributeMetadata(changes)
     if (Object.keys(metadata).length === 0) return
+    if (deferred) {
+      this.record(volumeId, metadata)
+      this.writeBehind(volumeId)
+      return
+    }
     await this.o.service.updateMetadata(volumeId, metadata)
     this.record(volumeId, metadata)
+  }
+
+  /** Resolves once the writes of this volume made so far have ended (either way); a deferred one goes now. */
+  async written(volumeId: string): Promise<void> {
+    this.hurry.get(volumeId)?.()
+    await this.writes.get(volumeId)
+  }
+
+  /** At stop: every deferred write goes now. */
+  async allWritten(): Promise<void> {
+    for (const go of this.hurry.values()) go()
+    await Promise.all(this.writes.values())
+  }
+
+  /**
+   * Queues one write of the volume's entry as it will be then (name and whole
+   * metadata). The name stays pinned until it is written, so a listing of the
+   * backend meanwhile cannot bring the old name back. An upload's entry is
+   * left to complete(), which writes it whole anyway. A write that fails is
+   * the janitor's to retry.
+   */
+  private writeBehind(volumeId: string): void {
+    const entry = this.o.store.byVolume(volumeId)
+    if (entry === undefined || entry.attrs.state === 'uploading') return
+    this.o.store.pin(entry.name)
+    if (this.queued.has(volumeId)) return
+    this.queued.add(volumeId)
+    void this.inOrder(volumeId, async () => {
+      await new Promise<void>(resolve => {
+        const cancel = this.o.clock.schedule(WRITE_BEHIND_MS, resolve)
+        this.hurry.set(volumeId, () => { cancel(); resolve() })
+      })
+      this.hurry.delete(volumeId)
+      this.queued.delete(volumeId)
+      await this.o.janitor.attempt({
+        volumeId,
+        call: 'write name and attributes',
+        run: async () => {
+          if (this.o.store.byVolume(volumeId) === undefined) return // deleted meanwhile
+          await this.write(volumeId, {})
+          const now = this.o.store.byVolume(volumeId)
+          this.log.info({ volumeId, name: now?.name }, lifecycleMessages.writtenBehind)
+          if (now !== undefined && now.attrs.state !== 'uploading' && !this.queued.has(volumeId)) this.o.store.unpin(now.name)
+          this.o.imageReady?.(volumeId)
+        },
+      })
+    })
+  }
+
+  /** Runs `work` after the volume's earlier writes, so they reach the backend in the order they were made. */
+  private async inOrder(volumeId: string, work: () => Promise<void>): Promise<void> {
+    const run = (this.writes.get(volumeId) ?? Promise.resolve()).then(work)
+    const tail = run.then(() => undefined, () => undefined)
+    this.writes.set(volumeId, tail)
+    void tail.then(() => { if (this.writes.get(volumeId) === tail) this.writes.delete(volumeId) })
+    await run
+  }
+
+  /**
+   * Writes the entry's name and whole metadata with `changes` applied in one
+   * request (the volume is this host's: nobody else changes it), then records
+   * them. The volume must be in the namespace.
+   */
+  private async write(volumeId: string, changes: Record<string, string | null>, volumeChanges: Partial<Volume> = {}): Promise<void> {
+    const entry = this.o.store.byVolume(volumeId)
+    if (entry === undefined) fail('ENOENT', `volume ${volumeId} is no longer in the namespace`, { volumeId })
+    const metadata = withMetadata(entry.volume, changes).metadata
+    await this.o.service.replace(volumeId, volumeNameOf(entry.name), metadata)
+    this.record(volumeId, changes, volumeChanges)
   }
 
   /**

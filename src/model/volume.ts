@@ -26,6 +26,12 @@ export interface CreateVolumeRequest {
   name: string
   sizeGiB: number
   metadata: Record<string, string>
+  /**
+   * The name and metadata may reach the backend only with the caller's next
+   * `replace` (a volume made ahead of need then costs no request now). Only
+   * for a caller whose crash before that `replace` leaves nothing to keep.
+   */
+  provisional?: boolean
 }
 
 export interface VolumePage {

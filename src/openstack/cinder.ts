@@ -1,16 +1,22 @@
 import os from 'node:os'
 import type { Logger } from 'pino'
 import type { Attachment, AttachMode, ConnectionInfo } from '../model/volume.js'
-import { CinderfsError, fail } from '../errors/errors.js'
+import { CinderfsError, errorCode, fail } from '../errors/errors.js'
+import type { AttachJournal } from './attach-journal.js'
 import { HttpClient, httpStatus, type HttpResponse } from './http.js'
 import { array, member, number, object, optionalString, string, stringMap, type Json } from './json.js'
 import type { EndpointFilter, KeystoneClient } from './keystone.js'
 import { compareMicroversions, formatMicroversion, negotiate, parseMicroversion, type Microversion } from './microversion.js'
 
+/** Logged (warn) when the attach journal names an attachment an earlier run left. */
+export const JOURNALED_ATTACHMENT_FOUND = 'attachment left by an earlier run'
+/** Logged (warn) when a reservation with no host is deleted so that our image volume can go. */
+export const RESERVATION_REMOVED = 'deleted a reservation with no host'
+
 /** The newest microversion this client knows: attachment `mode` (3.54). */
 const CLIENT_MAX_MICROVERSION = '3.54'
 /** Cinder features and the microversion that brought them. */
-export const FEATURES = { onlineExtend: 42, attachmentComplete: 44, attachmentMode: 54 } as const
+export const FEATURES = { attachments: 27, onlineExtend: 42, attachmentComplete: 44, attachmentMode: 54 } as const
 
 /** The service types Cinder is listed under: the official one, then aliases. */
 export const BLOCK_STORAGE_TYPES = ['block-storage', 'volumev3', 'volume']
@@ -32,6 +38,8 @@ export interface CinderOptions {
   ip: string
   /** The connector's `initiator` (our iSCSI IQN), which iSCSI targets admit. */
   initiator?: string
+  /** Our attachments on disk, so recovery finds those a crash left, even before they had a host (see AttachJournal). */
+  journal?: AttachJournal
 }
 
 export interface CinderVolume {
@@ -250,20 +258,27 @@ export class CinderClient {
     } catch (err) {
       if (!(err instanceof CinderfsError && err.code === 'ENOENT')) throw err
       this.logger.info({ volumeId, attachmentId }, 'attachment was already gone')
+      await this.options.journal?.forgetAttachment(attachmentId)
       return
     }
+    await this.options.journal?.forgetAttachment(attachmentId)
     this.logger.info({ volumeId, attachmentId }, 'volume detached')
   }
 
-  /** Attachments whose connector named this host, on any volume of the project. */
+  /**
+   * Attachments an earlier run's journal names (completed or not: a
+   * reservation has no host, and a volume lists only completed attachments,
+   * with their host name to admins only), and those whose connector named
+   * this host on any volume of the project.
+   */
   async ownAttachments(): Promise<Attachment[]> {
-    const own: Attachment[] = []
+    const own = await this.journaledAttachments()
     let marker: string | undefined
     do {
       const page = await this.listVolumes(marker === undefined ? { limit: 1000 } : { limit: 1000, marker })
       for (const volume of page.volumes) {
         for (const a of volume.attachments) {
-          if (a.hostName === this.options.host) own.push(await this.describeAttachment(volume, a.id))
+          if (a.hostName === this.options.host && !own.some(o => o.id === a.id)) own.push(await this.describeAttachment(volume, a.id))
         }
       }
       marker = page.next
@@ -285,29 +300,119 @@ export class CinderClient {
 
   private async attachNew(volumeId: string, mode: AttachMode): Promise<Attachment> {
     // rw: one create with the connector. ro: create without a connector, then
-    // update, since a one-shot create ignores mode ro (the device comes out
-    // rw). Never send instance_uuid: deleting such an attachment makes Cinder
-    // call Nova, which fails without one.
+    // update, since a one-shot create ignores mode ro (the device comes out rw).
     const oneShot = mode === 'rw'
-    const body = oneShot ? { volume_uuid: volumeId, mode, connector: this.connector(mode) } : { volume_uuid: volumeId, mode }
-    const created = await this.call('POST', '/attachments', { body: { attachment: body }, idempotent: false, context: { volumeId } })
-    const reserved = member(created.data, 'attachment')
-    const attachmentId = string(reserved, 'id')
+    const { attachmentId, created, token } = await this.createAttachment(volumeId, mode, oneShot)
     const context = { volumeId, attachmentId }
     try {
       const attachment = oneShot
-        ? reserved
+        ? created
         : member((await this.call('PUT', `/attachments/${attachmentId}`, { body: { attachment: { connector: this.connector(mode) } }, context })).data, 'attachment')
       if (this.supports(FEATURES.attachmentComplete)) {
         await this.call('POST', `/attachments/${attachmentId}/action`, { body: { 'os-complete': null }, context })
       }
       // attach_mode is right; connection_info.access_mode is not for non-admins
-      const granted = attachMode(optionalString(attachment, 'attach_mode') ?? optionalString(reserved, 'attach_mode') ?? mode)
+      const granted = attachMode(optionalString(attachment, 'attach_mode') ?? optionalString(created, 'attach_mode') ?? mode)
       return { id: attachmentId, volumeId, mode: granted, connectionInfo: flatConnectionInfo(attachment.connection_info) }
     } catch (err) {
-      await this.bestEffort(context, 'deleting the unfinished attachment', () => this.call('DELETE', `/attachments/${attachmentId}`, { context }))
+      await this.deleteUnfinished(context, token)
       throw err
     }
+  }
+
+  /**
+   * The first step of an attach: `POST /attachments`, with the connector or
+   * as a bare reservation (no host), recorded in the journal before it is
+   * sent and named there once Cinder answers, so a crash at any point until
+   * the detach leaves an entry recovery deletes it by. Never sends
+   * instance_uuid: once such an attachment has a connection, deleting it makes
+   * Cinder ask Nova (its CVE-2023-2088 check), which fails without one.
+   */
+  async createAttachment(volumeId: string, mode: AttachMode, withConnector: boolean): Promise<{ attachmentId: string, created: Json, token: string | undefined }> {
+    const journal = this.options.journal
+    const token = await journal?.begin(volumeId)
+    const body = withConnector ? { volume_uuid: volumeId, mode, connector: this.connector(mode) } : { volume_uuid: volumeId, mode }
+    let created: Json
+    try {
+      created = member((await this.call('POST', '/attachments', { body: { attachment: body }, idempotent: false, context: { volumeId } })).data, 'attachment')
+    } catch (err) {
+      // Cinder answered with an error: nothing was created. No answer (cut off): it may have been; recovery looks.
+      if (token !== undefined && httpStatus(err) !== undefined) await journal?.end(token)
+      throw err
+    }
+    const attachmentId = string(created, 'id')
+    if (token !== undefined) {
+      try {
+        await journal?.named(token, attachmentId)
+      } catch (err) {
+        await this.deleteUnfinished({ volumeId, attachmentId }, token)
+        throw err
+      }
+    }
+    return { attachmentId, created, token }
+  }
+
+  /** Deletes an attachment whose attach failed; its journal entry goes only once it is gone. */
+  private async deleteUnfinished(context: { volumeId: string, attachmentId: string }, token: string | undefined): Promise<void> {
+    const deleted = await this.bestEffort(context, 'deleting the unfinished attachment', () => this.call('DELETE', `/attachments/${context.attachmentId}`, { context }))
+    if (deleted && token !== undefined) await this.bestEffort(context, 'clearing the attach journal', async () => this.options.journal?.end(token))
+  }
+
+  /**
+   * Attachments an earlier run's journal names that still exist. A
+   * reservation whose id the journal never got (the run died while Cinder
+   * was creating it) cannot be told from another host's attach in flight: it
+   * is logged, not deleted; deleting the volume removes it (removeReservations).
+   */
+  private async journaledAttachments(): Promise<Attachment[]> {
+    const journal = this.options.journal
+    if (journal === undefined || !this.supports(FEATURES.attachments)) return []
+    const found: Attachment[] = []
+    for (const { token, volumeId, attachmentId } of await journal.leftovers()) {
+      if (attachmentId === undefined) {
+        const reserved = (await this.attachmentsOf(volumeId)).filter(a => a.status === 'reserved')
+        if (reserved.length === 0) await journal.end(token)
+        else this.logger.warn({ volumeId, attachmentIds: reserved.map(a => a.id) }, `${JOURNALED_ATTACHMENT_FOUND}, but its id was never recorded: not deleting reservations that may be another host's`)
+        continue
+      }
+      const context = { volumeId, attachmentId }
+      let attachment: Json
+      try {
+        attachment = member((await this.call('GET', `/attachments/${attachmentId}`, { context })).data, 'attachment')
+      } catch (err) {
+        if (errorCode(err) !== 'ENOENT') throw err
+        await journal.end(token)
+        continue
+      }
+      this.logger.warn({ ...context, status: optionalString(attachment, 'status') }, JOURNALED_ATTACHMENT_FOUND)
+      found.push({ id: attachmentId, volumeId, mode: attachMode(optionalString(attachment, 'attach_mode') ?? 'rw'), connectionInfo: flatConnectionInfo(attachment.connection_info) })
+    }
+    return found
+  }
+
+  /**
+   * Deletes the volume's reservations: attachments never given a connector,
+   * so no host holds a connection through them. Only for a volume of ours
+   * that is being deleted (Cinder refuses while any attachment exists).
+   * Resolves with how many went.
+   */
+  async removeReservations(volumeId: string): Promise<number> {
+    if (!this.supports(FEATURES.attachments)) return 0
+    const reserved = (await this.attachmentsOf(volumeId)).filter(a => a.status === 'reserved')
+    for (const { id } of reserved) {
+      await this.detach({ id, volumeId, mode: 'ro', connectionInfo: { driverVolumeType: '', data: {} } })
+      this.logger.warn({ volumeId, attachmentId: id }, RESERVATION_REMOVED)
+    }
+    return reserved.length
+  }
+
+  /** The volume's attachments in any state (a volume lists only completed ones). */
+  private async attachmentsOf(volumeId: string): Promise<{ id: string, status: string }[]> {
+    const reply = await this.call('GET', `/attachments?volume_id=${encodeURIComponent(volumeId)}`, { context: { volumeId } })
+    return array(object(reply.data, 'attachment list').attachments, 'attachments').map(a => {
+      const attachment = object(a, 'attachment')
+      return { id: string(attachment, 'id'), status: optionalString(attachment, 'status') ?? '' }
+    })
   }
 
   private async attachLegacy(volumeId: string, requested: AttachMode): Promise<Attachment> {
@@ -403,11 +508,14 @@ export class CinderClient {
     }
   }
 
-  private async bestEffort(context: Record<string, string>, what: string, step: () => Promise<unknown>): Promise<void> {
+  /** Resolves true when the step worked. */
+  private async bestEffort(context: Record<string, string>, what: string, step: () => Promise<unknown>): Promise<boolean> {
     try {
       await step()
+      return true
     } catch (err) {
       this.logger.warn({ ...context, err, status: httpStatus(err) }, `cleanup failed: ${what}`)
+      return false
     }
   }
 }

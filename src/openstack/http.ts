@@ -70,6 +70,16 @@ export const REAUTHENTICATING_MESSAGE = 'credentials refused (401), authenticati
 const NOT_SENT = new Set(['ECONNREFUSED', 'ENOTFOUND', 'EAI_AGAIN', 'EHOSTUNREACH', 'ENETUNREACH'])
 
 /**
+ * Connections to one service: at most 16 at a time, at most 2 kept idle. An
+ * eventlet cinder-api serves each keep-alive connection with one green
+ * thread of a pool of 100 (wsgi_default_pool_size) until the client closes
+ * it or client_socket_timeout (900 s) ends it: a burst of a few hundred
+ * requests on as many sockets left 100 of them idle and the server unable
+ * to accept the rest, so every client of that cinder-api hung.
+ */
+const agentOptions = { keepAlive: true, maxSockets: 16, maxFreeSockets: 2 }
+
+/**
  * The one HTTP path to Keystone and Cinder: keep-alive connections, TLS
  * options, retries of idempotent requests, a debug line per request with
  * its x-openstack-request-id, and the HTTP → errno mapping. Headers and
@@ -77,7 +87,7 @@ const NOT_SENT = new Set(['ECONNREFUSED', 'ENOTFOUND', 'EAI_AGAIN', 'EHOSTUNREAC
  */
 export class HttpClient {
   private readonly axios: AxiosInstance
-  private readonly httpAgent = new http.Agent({ keepAlive: true })
+  private readonly httpAgent = new http.Agent(agentOptions)
   private readonly httpsAgent: https.Agent
   private readonly logger: Logger
   private readonly retries: number
@@ -90,7 +100,7 @@ export class HttpClient {
     this.retryDelayMs = options.retryDelayMs ?? 250
     this.observe = options.observe
     this.httpsAgent = new https.Agent({
-      keepAlive: true,
+      ...agentOptions,
       ca: readCa(options.tls?.caFile),
       rejectUnauthorized: options.tls?.insecure !== true,
     })

@@ -66,6 +66,8 @@ t.test('rename onto an existing image replaces it; the old volume is deleted aft
   t.same(left.map(v => v.name), ['image-image'], 'the replaced volume is gone')
   const uuid = '3c7a1d2e-5b6f-4a8b-9c0d-1e2f3a4b5c6d'
   await sh(`mv '${daemon.file('image')}' '${daemon.file(uuid)}'`)
+  // inside the seal delay the new name reaches the backend just behind the rename
+  await daemon.logged(lifecycleMessages.writtenBehind, { name: uuid })
   t.equal((await volumes(ws))[0]?.metadata.glance_image_id, uuid, 'renaming to a UUID sets glance_image_id')
 })
 

@@ -60,6 +60,7 @@ export class CountingService implements VolumeService {
   get: VolumeService['get'] = async id => this.call('get', async () => this.inner.get(id))
   list: VolumeService['list'] = async o => this.call('list', async () => this.inner.list(o))
   rename: VolumeService['rename'] = async (id, name) => this.call('rename', async () => this.inner.rename(id, name))
+  replace: VolumeService['replace'] = async (id, name, m) => this.call('replace', async () => this.inner.replace(id, name, m))
   updateMetadata: VolumeService['updateMetadata'] = async (id, c) => this.call('updateMetadata', async () => this.inner.updateMetadata(id, c))
   setReadOnly: VolumeService['setReadOnly'] = async (id, ro) => this.call('setReadOnly', async () => this.inner.setReadOnly(id, ro))
   extend: VolumeService['extend'] = async (id, size, attached) => this.call('extend', async () => this.inner.extend(id, size, attached))
@@ -77,6 +78,7 @@ export interface Core {
   /** The backend itself, uncounted, for looking at volumes. */
   local: LocalVolumeService
   attachments: AttachmentManager
+  lifecycle: ImageLifecycle
   clock: FakeClock
   dir: string
 }
@@ -105,7 +107,7 @@ export async function core(t: TapLike, options: { dir?: string, host?: string } 
   const cache = new BlockCache({ budgetBytes: 16 * 1024 * 1024, blockSize: 1024 * 1024, readaheadBytes: 4 * 1024 * 1024 })
   const owner = { uid: 0, gid: 0 }
   const store = new ImageStore({ service, logger, listTtlMs: 60_000, owner })
-  const lifecycle = new ImageLifecycle({ service, store, attachments, cache, logger, imageOwner: 'test-owner', host, ...owner, janitor, apiRetryWindowMs: 60_000 })
+  const lifecycle = new ImageLifecycle({ service, store, attachments, cache, logger, imageOwner: 'test-owner', host, ...owner, janitor, apiRetryWindowMs: 60_000, clock })
   const imageFs = new ImageFs({
     service, store, lifecycle, attachments, cache, logger, clock, readOnly: false,
     writeBuffer: 64 * 1024 * 1024, sealDelayMs, ...owner, apiRetryWindowMs: 60_000,
@@ -117,5 +119,5 @@ export async function core(t: TapLike, options: { dir?: string, host?: string } 
     await local.close()
     if (options.dir === undefined) await fs.rm(dir, { recursive: true, force: true })
   })
-  return { fs: imageFs, service, local, attachments, clock, dir }
+  return { fs: imageFs, service, local, attachments, lifecycle, clock, dir }
 }

@@ -58,3 +58,15 @@ t.test('a writer far ahead of the workers waits, and nothing it wrote is lost', 
   for (let i = 0; i < 200; i++) whole.update(block)
   t.equal((await hasher.digest()).md5, whole.digest('hex'))
 })
+
+t.test('uploads hashed at the same time, interleaved, each get their own digests', async t => {
+  const streams = Array.from({ length: 5 }, (_, i) => ({ data: randomBytes(300_000 * (i + 1)), hasher: new Hasher() }))
+  t.teardown(async () => { for (const s of streams) await s.hasher.close() })
+  for (let at = 0; at < 1_500_000; at += 65536) {
+    for (const { data, hasher } of streams) {
+      if (at < data.length) hasher.update(data.subarray(at, at + 65536), Math.min(65536, data.length - at))
+    }
+  }
+  const digests = await Promise.all(streams.map(async s => s.hasher.digest()))
+  t.same(digests, streams.map(s => expected(s.data)))
+})
