@@ -121,7 +121,8 @@ export class CinderVolumeService implements VolumeService {
 
   private async makeSpare(name: string, metadata: Record<string, string>): Promise<Spare> {
     const cinder = await this.client()
-    const volume = await this.createAndWait(cinder, name, 1, metadata)
+    // nobody waits for a spare: a create takes a few hundred ms, so ask after 400 (one or two GETs, not four or five)
+    const volume = await this.createAndWait(cinder, name, 1, metadata, 400)
     try {
       const attachment = await cinder.attach(volume.id, 'rw')
       this.logger.info({ volumeId: volume.id, attachmentId: attachment.id }, SPARE_READY)
@@ -132,7 +133,8 @@ export class CinderVolumeService implements VolumeService {
     }
   }
 
-  private async createAndWait(cinder: CinderClient, name: string, sizeGiB: number, metadata: Record<string, string>): Promise<CinderVolume> {
+  /** `firstAskMs`: see CinderClient.waitForStatus. */
+  private async createAndWait(cinder: CinderClient, name: string, sizeGiB: number, metadata: Record<string, string>, firstAskMs = 0): Promise<CinderVolume> {
     const { volumeType, availabilityZone } = this.options.settings
     const created = await cinder.createVolume({
       name,
@@ -142,7 +144,7 @@ export class CinderVolumeService implements VolumeService {
       ...(availabilityZone === undefined ? {} : { availabilityZone }),
     })
     try {
-      return await cinder.waitForStatus(created.id, ['creating'], 'available')
+      return await cinder.waitForStatus(created.id, ['creating'], 'available', firstAskMs)
     } catch (err) {
       // A volume that never became available is ours to remove; one stuck in
       // `creating` (cinder-volume down) can only go once Cinder lets it.

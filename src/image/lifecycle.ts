@@ -170,7 +170,7 @@ export class ImageLifecycle {
 
   /** An image unlinked while open: a crash before its delete leaves it for recovery, not as an image. */
   async markDeleting(volumeId: string): Promise<void> {
-    await this.o.service.updateMetadata(volumeId, { [keys.state]: 'deleting', [keys.host]: this.o.host })
+    await this.inOrder(volumeId, async () => this.o.service.updateMetadata(volumeId, { [keys.state]: 'deleting', [keys.host]: this.o.host }))
   }
 
   /**
@@ -200,16 +200,23 @@ export class ImageLifecycle {
     const volumeId = entry.volume.id
     const generation = Date.now()
     const changes = { [keys.renamedAt]: String(generation), [keys.glanceImageId]: isUuid(toName) ? toName : null }
-    if (!deferred) {
-      await this.o.service.updateMetadata(volumeId, changes)
-      await this.o.service.rename(volumeId, volumeNameOf(toName))
+    const recordRename = (): void => {
+      const current = this.o.store.byVolume(volumeId) ?? entry
+      const pinned = this.o.store.isPinned(current.name)
+      this.o.store.remove(current.name)
+      const volume = withMetadata({ ...current.volume, name: volumeNameOf(toName) }, changes)
+      this.o.store.set({ name: toName, volume, attrs: { ...current.attrs, generation } })
+      if (pinned) this.o.store.pin(toName)
     }
-    const current = this.o.store.byVolume(volumeId) ?? entry
-    const pinned = this.o.store.isPinned(current.name)
-    this.o.store.remove(current.name)
-    const volume = withMetadata({ ...current.volume, name: volumeNameOf(toName) }, changes)
-    this.o.store.set({ name: toName, volume, attrs: { ...current.attrs, generation } })
-    if (pinned) this.o.store.pin(toName)
+    if (deferred) recordRename()
+    else {
+      // recorded inside the volume's turn, so a write queued after it sees the new name
+      await this.inOrder(volumeId, async () => {
+        await this.o.service.updateMetadata(volumeId, changes)
+        await this.o.service.rename(volumeId, volumeNameOf(toName))
+        recordRename()
+      })
+    }
     this.log.info({ volumeId, from: entry.name, to: toName, deferred }, lifecycleMessages.renamed)
     if (deferred) this.writeBehind(volumeId)
     else this.o.imageReady?.(volumeId)
@@ -224,8 +231,10 @@ export class ImageLifecycle {
       this.writeBehind(volumeId)
       return
     }
-    await this.o.service.updateMetadata(volumeId, metadata)
-    this.record(volumeId, metadata)
+    await this.inOrder(volumeId, async () => {
+      await this.o.service.updateMetadata(volumeId, metadata)
+      this.record(volumeId, metadata)
+    })
   }
 
   /** Resolves once the writes of this volume made so far have ended (either way); a deferred one goes now. */
@@ -275,7 +284,11 @@ export class ImageLifecycle {
     })
   }
 
-  /** Runs `work` after the volume's earlier writes, so they reach the backend in the order they were made. */
+  /**
+   * Runs `work` after the volume's earlier writes, so they reach the backend
+   * in the order they were made: every write of a volume's name or metadata
+   * goes through here (a seal's whole-entry write must not overtake a rename).
+   */
   private async inOrder(volumeId: string, work: () => Promise<void>): Promise<void> {
     const run = (this.writes.get(volumeId) ?? Promise.resolve()).then(work)
     const tail = run.then(() => undefined, () => undefined)

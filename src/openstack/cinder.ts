@@ -202,12 +202,13 @@ export class CinderClient {
    * Polls until the volume leaves the `transitional` statuses for `target`.
    * An `error*` status fails at once, with the status in the message.
    */
-  async waitForStatus(volumeId: string, transitional: string[], target: string): Promise<CinderVolume> {
+  /** `firstAskMs`: when nobody waits for the answer (a spare), ask first after that long: fewer polls. */
+  async waitForStatus(volumeId: string, transitional: string[], target: string, firstAskMs = 0): Promise<CinderVolume> {
     let last: CinderVolume | undefined
     await this.poll(volumeId, async () => {
       last = await this.showVolume(volumeId)
       return checkStatus(last, transitional, target)
-    })
+    }, firstAskMs)
     if (last === undefined) throw new CinderfsError('EIO', `volume ${volumeId} was never seen`, { volumeId })
     return last
   }
@@ -496,11 +497,12 @@ export class CinderClient {
     })
   }
 
-  private async poll(volumeId: string, done: () => Promise<boolean>): Promise<void> {
+  private async poll(volumeId: string, done: () => Promise<boolean>, firstAskMs = 0): Promise<void> {
     const timeoutMs = (this.options.stateTransitionTimeoutSeconds ?? 300) * 1000
     const deadline = Date.now() + timeoutMs
     // A create or delete on a healthy Cinder settles in a few hundred ms: ask often at first.
-    let delayMs = 50
+    let delayMs = Math.max(50, firstAskMs)
+    if (firstAskMs > 0) await new Promise(resolve => setTimeout(resolve, firstAskMs))
     while (!(await done())) {
       if (Date.now() >= deadline) throw new CinderfsError('ETIMEDOUT', `volume ${volumeId}: no final status after ${timeoutMs / 1000} s`, { volumeId })
       await new Promise(resolve => setTimeout(resolve, delayMs))

@@ -146,9 +146,18 @@ export class ImageStore {
       if (current === undefined) next.delete(name)
       else next.set(name, current)
     }
+    const pinnedVolumes = new Map<string, string>()
     for (const name of this.pinned) {
       const current = this.entries.get(name)
-      if (current !== undefined) next.set(name, current)
+      if (current === undefined) continue
+      next.set(name, current)
+      pinnedVolumes.set(current.volume.id, name)
+    }
+    // A pinned name's volume is shown under that name only: the backend may
+    // still list it under the one it had before a rename written behind.
+    for (const [name, entry] of next) {
+      const pinnedAs = pinnedVolumes.get(entry.volume.id)
+      if (pinnedAs !== undefined && pinnedAs !== name) next.delete(name)
     }
     for (const [name, epoch] of this.touched) {
       if (epoch <= startEpoch) this.touched.delete(name)

@@ -174,9 +174,11 @@ t.test('rsync\'s utimens, chmod and rename after close cost no request of their 
   await c.fs.chmod('/.lib.XXXX', 0o644)
   await c.fs.rename('/.lib.XXXX', '/lib')
   const afterSyscalls = c.service.counts()
+  c.store.invalidate()
+  t.same(await c.fs.readdir('/'), ['.', '..', 'lib'], 'a listing before the write shows the new name only, though the backend still has the old one')
   await c.lifecycle.written(volumeId)
   t.same(afterSyscalls, {}, 'no backend request inside the three calls')
-  t.same(c.service.counts(), { replace: 1 }, 'then one write of name, mode and mtime')
+  t.same(c.service.counts(), { list: 1, replace: 1 }, 'then one write of name, mode and mtime')
   const volume = await volumeOf(c, 'lib')
   t.same([volume.id, volume.metadata.cinderfs_mode, volume.metadata.cinderfs_mtime_ns, volume.readOnly], [volumeId, '644', '1600000000000000000', false],
     'the backend has the new name and attributes before the seal')

@@ -79,6 +79,7 @@ export interface Core {
   local: LocalVolumeService
   attachments: AttachmentManager
   lifecycle: ImageLifecycle
+  store: ImageStore
   clock: FakeClock
   dir: string
 }
@@ -119,5 +120,5 @@ export async function core(t: TapLike, options: { dir?: string, host?: string } 
     await local.close()
     if (options.dir === undefined) await fs.rm(dir, { recursive: true, force: true })
   })
-  return { fs: imageFs, service, local, attachments, lifecycle, clock, dir }
+  return { fs: imageFs, service, local, attachments, lifecycle, store, clock, dir }
 }
