@@ -535,6 +535,21 @@ static void scope_close(lun_t *l, scope_t *s) {
   napi_close_handle_scope(l->env, s->handles);
 }
 
+/*
+ * Sends what libiscsi has queued now (new commands, the data-out PDUs an R2T
+ * asked for) instead of on a later turn of the event loop: watching for
+ * POLLOUT costs an epoll_ctl on, a wake-up and an epoll_ctl off per batch,
+ * and a logged-in socket nearly always has room. What does not fit stays
+ * queued and update_poll watches for POLLOUT as before. Only when logged in:
+ * while a connect is in progress, POLLOUT is how libiscsi learns it finished.
+ */
+static void send_queued(lun_t *l) {
+  if (l->state != ST_READY || !l->iscsi || !(iscsi_which_events(l->iscsi) & POLLOUT)) return;
+  l->in_libiscsi++;
+  if (iscsi_service(l->iscsi, POLLOUT) < 0) l->need_reconnect = true;
+  l->in_libiscsi--;
+}
+
 static void on_poll(uv_poll_t *h, int status, int events) {
   lun_t *l = h->data;
   scope_t scope;
@@ -544,6 +559,7 @@ static void on_poll(uv_poll_t *h, int status, int events) {
   l->in_libiscsi++;
   if (iscsi_service(l->iscsi, revents) < 0) l->need_reconnect = true;
   l->in_libiscsi--;
+  if (!(revents & POLLOUT) && !l->need_reconnect) send_queued(l);
   after_service(l);
   scope_close(l, &scope);
 }
@@ -857,6 +873,7 @@ static napi_value start(napi_env env, napi_value self, lun_t *l, op_t op, napi_v
   if (buffer) napi_create_reference(env, buffer, 1, &r->buffer);
   if (l->state == ST_DOWN) l->reconnect_at = 0; /* idle and down: reconnect on the next tick */
   submit(r);
+  if (!l->need_reconnect) send_queued(l);
   after_service(l);
   return promise;
 }
