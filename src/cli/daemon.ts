@@ -13,7 +13,7 @@ import { Janitor } from '../janitor/janitor.js'
 import { systemClock } from '../model/clock.js'
 import { fuseOperations } from '../fuse/fuse-adapter.js'
 import { mountFuse3 } from '../fuse/fuse3-mount.js'
-import { isMounted, mountFuse } from '../fuse/mount.js'
+import { isMounted, mountFuse, prepareMountpoint } from '../fuse/mount.js'
 import type { Logger } from '../log/logger.js'
 import { createMetrics } from '../metrics/metrics.js'
 import { serveMetrics } from '../metrics/server.js'
@@ -35,6 +35,9 @@ const mountCheckMs = 2000
  * mount is usable (readiness for systemd and the mount helper).
  */
 export async function runMount(config: Config, log: Logger, onMounted: () => void = () => undefined): Promise<number> {
+  // First: a mount point another daemon serves is refused before recovery,
+  // which would take that daemon's attachments for a crash's leftovers.
+  await prepareMountpoint(config.mountpoint, log)
   const metrics = createMetrics()
   const janitor = new Janitor({ logger: log })
   const apiRetryWindowMs = config.apiRetryWindowSeconds * 1000

@@ -39,6 +39,21 @@ t.test('a wrong password: cinderfs mount prints one clear line and exits 2', { s
   t.equal((await sh(`grep -c ' ${dir}/mnt ' /proc/mounts || true`)).trim(), '0', 'nothing mounted')
 })
 
+t.test('a second mount on a mount point a daemon serves is refused before recovery: the first keeps its attachment', { skip }, async t => {
+  const ws = await workspace(t, 'cinder')
+  const daemon = await startDaemon(ws, ['--seal-delay', '0'])
+  await sh(`head -c 100000 /dev/urandom > '${ws.root}/data' && cp '${ws.root}/data' '${daemon.file('image')}'`)
+  await daemon.logged(lifecycleMessages.sealed)
+  await sh(`cmp '${ws.root}/data' '${daemon.file('image')}'`)
+  const held = await attachmentsOf(ws)
+  t.equal(held.length, 1, 'the first daemon holds the image\'s read attachment')
+  const second = await run(`cd '${ws.root}' && '${process.execPath}' '${cli}' mount '${ws.mountpoint}' --backend cinder --os-cloud '${ws.cloud?.cloud ?? ''}'`)
+  t.equal(second.code, 2, 'the second mount exits 2')
+  t.match(second.stderr, /already mounted/, 'saying the mount point is already mounted')
+  t.same(await attachmentsOf(ws), held, 'the first daemon\'s attachment is untouched')
+  t.equal(await sh(`cmp '${ws.root}/data' '${daemon.file('image')}' && echo same`), 'same\n', 'and it still reads the image')
+})
+
 t.test('a tiny quota: cp fails with EDQUOT or ENOSPC and no volume is left', { skip }, async t => {
   const { ws, daemon } = await cinderMount(t)
   const admin = suite.admin()
