@@ -300,11 +300,15 @@ export class ImageLifecycle {
   /**
    * Writes the entry's name and whole metadata with `changes` applied in one
    * request (the volume is this host's: nobody else changes it), then records
-   * them. The volume must be in the namespace.
+   * them. A volume no longer in the namespace (another host's image took its
+   * name, or it was unlinked) gets `changes` merged, its name left alone.
    */
   private async write(volumeId: string, changes: Record<string, string | null>, volumeChanges: Partial<Volume> = {}): Promise<void> {
     const entry = this.o.store.byVolume(volumeId)
-    if (entry === undefined) fail('ENOENT', `volume ${volumeId} is no longer in the namespace`, { volumeId })
+    if (entry === undefined) {
+      await this.o.service.updateMetadata(volumeId, changes)
+      return
+    }
     const metadata = withMetadata(entry.volume, changes).metadata
     await this.o.service.replace(volumeId, volumeNameOf(entry.name), metadata)
     this.record(volumeId, changes, volumeChanges)

@@ -188,6 +188,21 @@ t.test('rsync\'s utimens, chmod and rename after close cost no request of their 
   t.ok((await readAll(c.fs, 'lib')).equals(data))
 })
 
+t.test('another host\'s image takes the name inside the seal delay: ours is still sealed, at once, not retried', async t => {
+  const c = await core(t)
+  await copyIn(c.fs, 'image', randomBytes(50_000))
+  const ours = await volumeOf(c, 'image')
+  // the other host's newer image under the same name (its rename generation is later)
+  await c.local.create({ name: 'image-image', sizeGiB: 1, metadata: { image_size: '7', image_owner: 'test-owner', cinderfs_renamed_at: String(Date.now() + 1000) } })
+  c.store.invalidate()
+  t.not((await c.fs.getxattr('/image', xattrNames.volumeId)).toString(), ours.id, 'the name shows the other host\'s image now')
+  c.clock.advance(sealDelayMs)
+  await settle(c)
+  const sealed = (await listAll(c.local)).find(v => v.id === ours.id)
+  t.same([sealed?.readOnly, sealed?.metadata.cinderfs_host, sealed?.name], [true, undefined, 'image-image'], 'ours is sealed, its host mark gone, its name untouched')
+  t.equal(c.janitor.size, 0, 'nothing left for the janitor to retry')
+})
+
 t.test('rename onto an image replaces it: the old volume goes only after the new name stands', async t => {
   const c = await core(t)
   await copyIn(c.fs, 'old', Buffer.from('old bytes'))

@@ -80,6 +80,7 @@ export interface Core {
   attachments: AttachmentManager
   lifecycle: ImageLifecycle
   store: ImageStore
+  janitor: Janitor
   clock: FakeClock
   dir: string
 }
@@ -120,5 +121,5 @@ export async function core(t: TapLike, options: { dir?: string, host?: string } 
     await local.close()
     if (options.dir === undefined) await fs.rm(dir, { recursive: true, force: true })
   })
-  return { fs: imageFs, service, local, attachments, lifecycle, store, clock, dir }
+  return { fs: imageFs, service, local, attachments, lifecycle, store, janitor, clock, dir }
 }
