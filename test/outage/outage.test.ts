@@ -10,6 +10,7 @@ import os from 'node:os'
 import path from 'node:path'
 import readline from 'node:readline'
 import t from 'tap'
+import { lifecycleMessages } from '../../src/image/lifecycle.js'
 import { CLEANUP_DEFERRED_MESSAGE, CLEANUP_DONE_MESSAGE, CLEANUP_LEFT_MESSAGE } from '../../src/janitor/janitor.js'
 import { RETRYING_MESSAGE } from '../../src/openstack/http.js'
 import { attachmentsOf, loopsOf, randomFile, startDaemon, volumes, workspace, type Daemon, type Workspace } from '../helpers/daemon.js'
@@ -145,7 +146,7 @@ t.test('outages: cinder-api and cinder-volume restarts, tokens of 60 s', { skip 
   const [rides, past, idle, sigterm, volumeDown] = await mounts([
     ['--idle-detach', '1'], // the default --api-retry-window (60 s); later the long upload and read
     ['--api-retry-window', '3', '--cinder-state-timeout', '20'], // later the create while cinder-volume is down
-    ['--idle-detach', '1'],
+    ['--idle-detach', '1', '--seal-delay', '0'], // its cold image must be sealed and detached before the outage
     ['--idle-detach', '1', '--api-retry-window', '5'],
     ['--idle-detach', '1'],
   ])
@@ -180,6 +181,7 @@ t.test('outages: cinder-api and cinder-volume restarts, tokens of 60 s', { skip 
   for (const [held, what] of [[riding, 'rides'], [failing, 'past'], [longUpload, 'long']] as const) {
     t.ok((await held.send({ op: 'copy', source, ...HEAD })).ok, `${what}: the first 8 MiB are written`)
   }
+  await idle.daemon.logged(lifecycleMessages.sealed, { times: 2 })
   phase('mounted, images made, files held open')
   const ridesVolume = await xattr(rides.daemon.file('image'), 'user.cinderfs.volume_id')
   for (const reader of [idleReader, sigtermReader, volumeDownReader]) t.ok((await reader.send({ op: 'read', pos: 0, len: MiB })).ok, 'a reader attached its image')
