@@ -140,24 +140,24 @@ export class ImageStore {
       const other = next.get(entry.name)
       if (other === undefined || entry.attrs.generation > other.attrs.generation) next.set(entry.name, entry)
     }
-    for (const [name, epoch] of this.touched) {
-      if (epoch <= startEpoch) continue
+    // Names we changed since the listing began, and pinned names, are kept as we have them.
+    const ours = new Map<string, string>()
+    const keep = (name: string): void => {
       const current = this.entries.get(name)
-      if (current === undefined) next.delete(name)
-      else next.set(name, current)
-    }
-    const pinnedVolumes = new Map<string, string>()
-    for (const name of this.pinned) {
-      const current = this.entries.get(name)
-      if (current === undefined) continue
+      if (current === undefined) {
+        next.delete(name)
+        return
+      }
       next.set(name, current)
-      pinnedVolumes.set(current.volume.id, name)
+      ours.set(current.volume.id, name)
     }
-    // A pinned name's volume is shown under that name only: the backend may
-    // still list it under the one it had before a rename written behind.
+    for (const [name, epoch] of this.touched) if (epoch > startEpoch) keep(name)
+    for (const name of this.pinned) keep(name)
+    // Such a volume is shown under that name only: a listing that began before
+    // a rename (written behind) reached the backend still has its old name.
     for (const [name, entry] of next) {
-      const pinnedAs = pinnedVolumes.get(entry.volume.id)
-      if (pinnedAs !== undefined && pinnedAs !== name) next.delete(name)
+      const oursAs = ours.get(entry.volume.id)
+      if (oursAs !== undefined && oursAs !== name) next.delete(name)
     }
     for (const [name, epoch] of this.touched) {
       if (epoch <= startEpoch) this.touched.delete(name)

@@ -203,6 +203,31 @@ t.test('another host\'s image takes the name inside the seal delay: ours is stil
   t.equal(c.janitor.size, 0, 'nothing left for the janitor to retry')
 })
 
+t.test('a listing that began before a rename written behind reached the backend does not bring the old name back', async t => {
+  const c = await core(t)
+  await copyIn(c.fs, '.lib.XXXX', randomBytes(10_000))
+  const volumeId = (await volumeOf(c, '.lib.XXXX')).id
+  await c.fs.rename('/.lib.XXXX', '/lib')
+  // A listing gets the backend's state (the old name), then is held until the write behind is done.
+  const list = c.local.list.bind(c.local)
+  let release: (() => void) | undefined
+  c.local.list = async options => {
+    const page = await list(options)
+    await new Promise<void>(resolve => { release = resolve })
+    return page
+  }
+  c.store.invalidate()
+  const listing = c.fs.readdir('/')
+  while (release === undefined) await new Promise(resolve => setImmediate(resolve))
+  await c.lifecycle.written(volumeId)
+  release()
+  t.same(await listing, ['.', '..', 'lib'], 'the listing shows the new name only')
+  c.local.list = list
+  c.clock.advance(sealDelayMs)
+  await settle(c)
+  t.same((await listAll(c.local)).map(v => [v.name, v.readOnly]), [['image-lib', true]], 'sealed under the new name in the backend')
+})
+
 t.test('rename onto an image replaces it: the old volume goes only after the new name stands', async t => {
   const c = await core(t)
   await copyIn(c.fs, 'old', Buffer.from('old bytes'))
