@@ -201,8 +201,9 @@ export class CinderClient {
   /**
    * Polls until the volume leaves the `transitional` statuses for `target`.
    * An `error*` status fails at once, with the status in the message.
+   * `firstAskMs`: when nobody waits for the answer (a spare), ask first after
+   * that long: fewer polls.
    */
-  /** `firstAskMs`: when nobody waits for the answer (a spare), ask first after that long: fewer polls. */
   async waitForStatus(volumeId: string, transitional: string[], target: string, firstAskMs = 0): Promise<CinderVolume> {
     let last: CinderVolume | undefined
     await this.poll(volumeId, async () => {
