@@ -1,5 +1,6 @@
 import { spawn } from 'node:child_process'
-import fs from 'node:fs/promises'
+import { constants as fsConstants } from 'node:fs'
+import fs, { type FileHandle } from 'node:fs/promises'
 import path from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import t from 'tap'
@@ -120,6 +121,19 @@ print(len(head + rest))`
   t.equal(await sh(`ls -A '${ws.mountpoint}'`), '', 'nothing left in the directory')
 })
 
+/** Opens a FIFO for writing once a reader holds it (ENXIO until then), or gives up after `ms`. */
+async function openWriter(fifo: string, ms: number): Promise<FileHandle | undefined> {
+  for (let waited = 0; waited < ms; waited += 20) {
+    try {
+      return await fs.open(fifo, fsConstants.O_WRONLY | fsConstants.O_NONBLOCK)
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code !== 'ENXIO') throw error
+    }
+    await sleep(20)
+  }
+  return undefined
+}
+
 // fuse3 only: libfuse2 never answers the kernel's interrupt, so under fuse-native the killed reader waits out the attach.
 t.test('a reader killed while its read waits for a slow attach leaves nothing stuck', { skip: localOnly('the slow attach is a FIFO in the local backend\'s directory') || (onFuse3 ? false : 'fuse3 binding only: libfuse2 does not answer interrupts') }, async t => {
   const ws = await workspace(t)
@@ -133,18 +147,22 @@ t.test('a reader killed while its read waits for a slow attach leaves nothing st
   await fs.rename(record, `${record}.real`)
   await sh(`mkfifo '${record}'`)
   const reader = spawn('dd', [`if=${daemon.file('slow')}`, 'of=/dev/null', 'bs=1M', 'iflag=direct'], { stdio: 'ignore' })
-  const exited = new Promise(resolve => reader.on('exit', resolve))
-  // Waiting in the kernel for the daemon's answer to its first read.
-  const waiting = async (): Promise<boolean> => /fuse|request_wait/.test(await fs.readFile(`/proc/${reader.pid}/wchan`, 'utf8').catch(() => ''))
-  for (let waited = 0; !await waiting() && waited < 10_000; waited += 50) await sleep(50)
-  t.ok(await waiting(), 'the reader waits on its read while the attach hangs')
+  let exitedYet = false
+  const exited = new Promise(resolve => reader.on('exit', () => { exitedYet = true; resolve(undefined) }))
+  // The attach has begun once the daemon holds the FIFO open for reading: only then does a writer's open succeed.
+  const feed = await openWriter(record, 10_000)
+  t.ok(feed !== undefined, 'the first read makes the daemon attach (it reads the volume\'s record)')
+  t.notOk(exitedYet, 'the reader waits while the attach hangs')
   reader.kill('SIGKILL')
   const goneBeforeAttach = await Promise.race([exited.then(() => true), sleep(5000).then(() => false)])
   t.ok(goneBeforeAttach, 'the reader is gone at once, though its read is still waiting for the attach')
-  // The record is a file again for every later read; the one read waiting on the FIFO (the attach's) gets it once.
+  // The record is a file again for every later read; the attach that holds the FIFO gets the record once.
   await fs.rename(record, `${record}.fifo`)
   await fs.copyFile(`${record}.real`, record)
-  await run(`timeout 10 cat '${record}.real' > '${record}.fifo'`)
+  if (feed !== undefined) {
+    await feed.writeFile(await fs.readFile(`${record}.real`))
+    await feed.close()
+  }
   await exited
   await fs.rm(`${record}.fifo`)
   t.equal(await sha256(daemon.file('slow')), await sha256(source), 'a new reader reads the whole image')
