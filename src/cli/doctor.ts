@@ -8,7 +8,7 @@ import type { Config } from '../config/config.js'
 import { openStackSettings, type OpenStackSettings } from '../config/openstack.js'
 import { errorCode, errorMessage } from '../errors/errors.js'
 import { loadFuse } from '../fuse/binding.js'
-import { isMounted } from '../fuse/mount.js'
+import { isMounted, probeMountpoint } from '../fuse/mount.js'
 import { formatMicroversion } from '../openstack/microversion.js'
 import { FEATURES } from '../openstack/cinder.js'
 import { readPidFile } from './runtime.js'
@@ -206,17 +206,15 @@ async function checkMounts(mountpoint: string | undefined): Promise<Array<[strin
 
 async function checkMount(mountpoint: string): Promise<Outcome> {
   const fix = `cinderfs unmount ${mountpoint} (or fusermount -u -z ${mountpoint}), then mount again`
-  const stat = await Promise.race([
-    fs.promises.stat(mountpoint).then(s => s, (err: unknown) => err),
-    new Promise<'timeout'>(resolve => setTimeout(() => resolve('timeout'), statTimeoutMs).unref()),
-  ])
-  if (stat === 'timeout') return bad(`does not answer within ${statTimeoutMs / 1000} s (a hung daemon)`, fix)
-  if (!(stat instanceof fs.Stats)) {
-    const code = errorCode(stat)
+  const probe = await probeMountpoint(mountpoint, statTimeoutMs)
+  if (probe === 'timeout') return bad(`does not answer within ${statTimeoutMs / 1000} s (a hung daemon)`, fix)
+  if ('error' in probe) {
+    const code = errorCode(probe.error)
     if (code === 'ENOTCONN') return bad('stale: the daemon that mounted it is gone (Transport endpoint is not connected)', fix)
     if (code === 'ENOENT') return bad('does not exist', `mkdir -p ${mountpoint}`)
-    return bad(errorMessage(stat), fix)
+    return bad(errorMessage(probe.error), fix)
   }
+  const stat = probe.stat
   if (!stat.isDirectory()) return bad('is not a directory', `use a directory as the mount point`)
   if (!await isMounted(mountpoint)) return ok('a directory, not mounted')
   const pid = await readPidFile(mountpoint)

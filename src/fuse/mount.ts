@@ -1,4 +1,5 @@
 import { execFile } from 'node:child_process'
+import type { Stats } from 'node:fs'
 import fs from 'node:fs/promises'
 import { promisify } from 'node:util'
 import type { Operations } from 'fuse-native'
@@ -45,20 +46,42 @@ export async function mountFuse(mountpoint: string, ops: Operations, options: Mo
   }
 }
 
-/** The mount point must be a directory; a dead daemon's mount on it ("Transport endpoint is not connected") is cleared. */
-export async function prepareMountpoint(mountpoint: string, log: Logger): Promise<void> {
+/** How long a mount point may take to answer before its daemon counts as hung. */
+export const PROBE_TIMEOUT_MS = 10_000
+
+/**
+ * What a mount point answers: its stat, the error, or 'timeout' (a hung
+ * daemon). statfs goes first because it always reaches a FUSE daemon: a
+ * stat of the mount's root can be answered from the kernel's attribute
+ * cache for a while after its daemon died.
+ */
+export async function probeMountpoint(mountpoint: string, timeoutMs = PROBE_TIMEOUT_MS): Promise<{ stat: Stats } | { error: unknown } | 'timeout'> {
+  let timer: NodeJS.Timeout | undefined
+  const hung = new Promise<'timeout'>(resolve => { timer = setTimeout(() => { resolve('timeout') }, timeoutMs) })
   try {
-    const stat = await fs.stat(mountpoint)
-    if (!stat.isDirectory()) throw new ConfigError(`mount point ${mountpoint} is not a directory`)
-  } catch (err) {
-    if (errorCode(err) === 'ENOTCONN') {
+    return await Promise.race([
+      fs.statfs(mountpoint).then(async () => ({ stat: await fs.stat(mountpoint) })).catch((error: unknown) => ({ error })),
+      hung,
+    ])
+  } finally {
+    clearTimeout(timer)
+  }
+}
+
+/** The mount point must be a directory; a dead daemon's mount on it ("Transport endpoint is not connected") is cleared, a live one's refused. */
+export async function prepareMountpoint(mountpoint: string, log: Logger): Promise<void> {
+  const probe = await probeMountpoint(mountpoint)
+  if (probe === 'timeout') throw new ConfigError(`${mountpoint} does not answer within ${PROBE_TIMEOUT_MS / 1000} s: the daemon serving it hangs (run: cinderfs unmount ${mountpoint})`)
+  if ('error' in probe) {
+    if (errorCode(probe.error) === 'ENOTCONN') {
       log.warn({ mountpoint }, 'clearing a stale mount left by a daemon that died')
       await unmountLazily(mountpoint)
       return
     }
-    if (errorCode(err) === 'ENOENT') throw new ConfigError(`mount point ${mountpoint} does not exist`)
-    throw err
+    if (errorCode(probe.error) === 'ENOENT') throw new ConfigError(`mount point ${mountpoint} does not exist`)
+    throw probe.error
   }
+  if (!probe.stat.isDirectory()) throw new ConfigError(`mount point ${mountpoint} is not a directory`)
   if (await isMounted(mountpoint)) throw new ConfigError(`${mountpoint} is already mounted (run: cinderfs unmount ${mountpoint})`)
 }
 

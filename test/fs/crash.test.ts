@@ -35,6 +35,16 @@ with open('${daemon.file('partial')}', 'wb') as out:
   t.same(await loopsOf(ws), [], 'no loop device left')
 })
 
+t.test('mount again at once after a kill -9, while the kernel still has the dead mount\'s root cached: the stale mount is cleared', { skip: needsBackend() }, async t => {
+  const ws = await workspace(t)
+  const daemon = await startDaemon(ws, ['--list-ttl', '60'])
+  await sh(`echo survivor > '${daemon.file('complete')}' && stat '${ws.mountpoint}' >/dev/null`)
+  await daemon.kill()
+  const again = await startDaemon(ws)
+  t.match(again.logs(), /clearing a stale mount/, 'the new daemon took the mount for stale, not for another daemon\'s')
+  t.equal(await sh(`cat '${again.file('complete')}'`), 'survivor\n', 'and serves the image')
+})
+
 t.test('SIGTERM during an upload: the upload fails cleanly, everything is detached, exit 0', { skip: needsBackend() }, async t => {
   const ws = await workspace(t)
   const daemon = await startDaemon(ws)
