@@ -35,10 +35,14 @@ export interface JanitorOptions {
   firstDelayMs?: number
   /** The longest delay between two attempts. */
   maxDelayMs?: number
+  /** At stop, how long steps Cinder refused (a 4xx answer) are still tried: a refusal rarely ends within the outage window. */
+  refusedGraceMs?: number
 }
 
 interface Entry extends PendingCleanup {
   step: CleanupStep
+  /** The last attempt was answered with a refusal (4xx), not cut off by an outage. */
+  refused: boolean
 }
 
 /**
@@ -59,12 +63,14 @@ export class Janitor {
   private readonly log: Logger
   private readonly firstDelayMs: number
   private readonly maxDelayMs: number
+  private readonly refusedGraceMs: number
   private stopped = false
 
   constructor(options: JanitorOptions) {
     this.log = options.logger.child({ component: 'janitor' })
     this.firstDelayMs = options.firstDelayMs ?? 1000
     this.maxDelayMs = options.maxDelayMs ?? 30_000
+    this.refusedGraceMs = options.refusedGraceMs ?? 5000
   }
 
   /**
@@ -97,7 +103,7 @@ export class Janitor {
 
   /** What is still to do, for logs and metrics. */
   list(): PendingCleanup[] {
-    return [...this.pending.values()].flat().map(({ step: _step, ...rest }) => ({ ...rest }))
+    return [...this.pending.values()].flat().map(({ step: _step, refused: _refused, ...rest }) => ({ ...rest }))
   }
 
   /** Tries a volume's pending steps now (a new attach of it must not race its old attachment's delete). */
@@ -108,18 +114,21 @@ export class Janitor {
   }
 
   /**
-   * At stop: keeps trying everything for at most `timeoutMs`, then logs
-   * each step still pending, one line each, and gives up on them (the next
-   * start's recovery does them). Resolves with how many are left.
+   * At stop: keeps trying everything for at most `timeoutMs` (an outage may
+   * end meanwhile) or, when every step left was refused by Cinder (another
+   * host holds the volume), for the refusal grace only; then logs each step
+   * still pending, one line each, and gives up on them (the next start's
+   * recovery does them). Resolves with how many are left.
    */
   async drain(timeoutMs: number): Promise<number> {
-    const deadline = Date.now() + timeoutMs
-    while (this.pending.size > 0 && Date.now() < deadline) {
+    const started = Date.now()
+    const deadline = (): number => started + ([...this.pending.values()].flat().every(e => e.refused) ? Math.min(timeoutMs, this.refusedGraceMs) : timeoutMs)
+    while (this.pending.size > 0 && Date.now() < deadline()) {
       const volumes = [...this.pending.keys()]
       for (const volumeId of volumes) this.unschedule(volumeId)
       await Promise.all(volumes.map(async volumeId => this.run(volumeId)))
       if (this.pending.size === 0) break
-      const wait = Math.min(this.firstDelayMs, Math.max(0, deadline - Date.now()))
+      const wait = Math.min(this.firstDelayMs, Math.max(0, deadline() - Date.now()))
       await new Promise(resolve => setTimeout(resolve, wait))
     }
     this.stopped = true
@@ -131,7 +140,7 @@ export class Janitor {
 
   private keep(step: CleanupStep, err: unknown): void {
     const entries = this.pending.get(step.volumeId) ?? []
-    const entry: Entry = { step, volumeId: step.volumeId, call: step.call, attempts: 1, since: new Date(), lastError: reason(err), ...(step.attachmentId === undefined ? {} : { attachmentId: step.attachmentId }) }
+    const entry: Entry = { step, volumeId: step.volumeId, call: step.call, attempts: 1, since: new Date(), lastError: reason(err), refused: refusal(err), ...(step.attachmentId === undefined ? {} : { attachmentId: step.attachmentId }) }
     // A prerequisite goes before the volume's other steps, as does a step that failed inside one of them.
     if (step.first === true || this.running.has(step.volumeId)) entries.unshift(entry)
     else entries.push(entry)
@@ -168,6 +177,7 @@ export class Janitor {
         } catch (err) {
           entry.attempts++
           entry.lastError = reason(err)
+          entry.refused = refusal(err)
           this.logFailure(entry, err)
           this.schedule(volumeId, Math.min(this.firstDelayMs * 2 ** (entry.attempts - 1), this.maxDelayMs))
           return
@@ -200,6 +210,12 @@ export class Janitor {
  */
 async function once(step: CleanupStep): Promise<void> {
   await withinRetryWindow(0, step.run)
+}
+
+/** Cinder answered no (a 4xx other than an expired token, a timeout or throttling): waiting out an outage will not change it. */
+function refusal(err: unknown): boolean {
+  const status = err instanceof CinderfsError ? err.details.status : undefined
+  return typeof status === 'number' && status >= 400 && status < 500 && ![401, 408, 429].includes(status)
 }
 
 function reason(err: unknown): string {

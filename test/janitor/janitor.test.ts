@@ -104,3 +104,21 @@ t.test('drain is bounded and logs each step left, one line each', async t => {
   await new Promise(resolve => setTimeout(resolve, 50))
   t.equal(order.length, tried, 'nothing runs after the stop')
 })
+
+t.test('at stop, a step Cinder refuses (another host holds the volume) is given up after a short grace, not the whole window', async t => {
+  const { logger, lines } = capturingLogger()
+  const janitor = new Janitor({ logger, firstDelayMs: 5, refusedGraceMs: 50 })
+  let attempts = 0
+  await janitor.attempt({
+    volumeId: 'v5', call: 'delete volume',
+    run: async () => {
+      attempts++
+      throw new CinderfsError('EBUSY', 'DELETE /volumes/v5: 400 Invalid volume: Volume status must be available', { status: 400, requestId: 'req-2' })
+    },
+  })
+  const started = Date.now()
+  t.equal(await janitor.drain(60_000), 1, 'the refused step is left for recovery')
+  t.ok(Date.now() - started < 30_000, 'the stop does not wait out the minute')
+  t.ok(attempts > 1, 'it was tried again before giving up')
+  t.equal(lines.filter(l => l.includes(CLEANUP_LEFT_MESSAGE)).length, 1, 'and logged as left')
+})
