@@ -2,21 +2,13 @@ import { randomUUID } from 'node:crypto'
 import t from 'tap'
 import { SPARE_READY } from '../../src/backends/cinder.js'
 import { xattrNames } from '../../src/fs/types.js'
-import { startDaemon, volumes, workspace, type Daemon, type Workspace } from '../helpers/daemon.js'
+import { attachmentsOf, startDaemon, volumes, workspace, type Daemon } from '../helpers/daemon.js'
 import { openStackSuite } from '../helpers/openstack.js'
 import { needsFuse } from '../helpers/requirements.js'
 import { run, sh } from '../helpers/shell.js'
 
 const suite = openStackSuite(t)
 const skip = suite.skip === false ? needsFuse() : suite.skip
-
-async function attachmentsOf(ws: Workspace): Promise<string[]> {
-  const cinder = await ws.cloud?.service.client()
-  if (cinder === undefined) throw new Error('not a cinder workspace')
-  const out: string[] = []
-  for (const volume of await volumes(ws)) out.push(...(await cinder.showVolume(volume.id)).attachments.map(a => `${volume.name}: ${a.id}`))
-  return out
-}
 
 async function sparesReady(daemon: Daemon, count: number): Promise<void> {
   const ready = (): number => daemon.logs().split(`"msg":"${SPARE_READY}"`).length - 1

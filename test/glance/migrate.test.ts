@@ -7,7 +7,7 @@ import { errorCode } from '../../src/errors/errors.js'
 import { EXIT } from '../../src/glance/registration.js'
 import { startDaemon, type Workspace } from '../helpers/daemon.js'
 import { FROM_IMAGE, GLANCE, GlanceApi } from '../helpers/glance.js'
-import { CLOUDS, openStackSuite, STATE_DIR, testService } from '../helpers/openstack.js'
+import { CLOUDS, openStackSuite, projectAttachments, STATE_DIR, testService } from '../helpers/openstack.js'
 import { run, sh } from '../helpers/shell.js'
 import { lifecycleMessages } from '../../src/image/lifecycle.js'
 
@@ -52,6 +52,7 @@ async function glanceWorkspace(t: Test): Promise<{ glance: GlanceApi, ws: Worksp
     root, mountpoint, localDir: path.join(root, 'volumes'), imageOwner: projectId, service, volumeIds: new Set(), daemons: [],
     cloud: {
       cloud: CLOUDS.glance, dir: STATE_DIR, projectId, service,
+      attachments: async () => await projectAttachments(suite.admin(), projectId),
       remove: async () => {
         for (const id of imageIds) await glance.delete(id)
         const left = (await listAll(service)).filter(v => imageIds.some(id => v.name === `image-${id}`) || v.name === FROM_IMAGE)

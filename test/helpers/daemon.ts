@@ -225,9 +225,6 @@ export async function randomFile(size: number): Promise<string> {
 
 /** Attachments Cinder still lists on the workspace's volumes. */
 export async function attachmentsOf(ws: Workspace): Promise<string[]> {
-  const cinder = await ws.cloud?.service.client()
-  if (cinder === undefined) throw new Error('not a cinder workspace')
-  const out: string[] = []
-  for (const volume of await volumes(ws)) out.push(...(await cinder.showVolume(volume.id)).attachments.map(a => `${volume.name}: ${a.id} (${a.hostName ?? '?'})`))
-  return out
+  if (ws.cloud === undefined) throw new Error('not a cinder workspace')
+  return await ws.cloud.attachments()
 }

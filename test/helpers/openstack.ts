@@ -1,12 +1,12 @@
 import { execFile, spawnSync } from 'node:child_process'
 import fs from 'node:fs/promises'
+import { setTimeout as sleep } from 'node:timers/promises'
 import path from 'node:path'
 import { promisify } from 'node:util'
 import { pino, type Logger } from 'pino'
 import type { Test } from 'tap'
 import { parse as parseYaml, stringify as toYaml } from 'yaml'
 import { CinderVolumeService } from '../../src/backends/cinder.js'
-import { listAll } from '../../src/backends/volume-service.js'
 import type { ConnectionInfo } from '../../src/model/volume.js'
 import { openStackSettings, type OpenStackSources, type OpenStackSettings } from '../../src/config/openstack.js'
 import { HttpClient } from '../../src/openstack/http.js'
@@ -189,6 +189,18 @@ export async function readAt(device: string, length: number, position = 0): Prom
   }
 }
 
+interface ListedVolume { id: string, name: string, attachments: { attachment_id: string, host_name: string | null }[] }
+
+/** A project's volumes with their attachments, in one request (Cinder lists up to 1,000). */
+async function projectVolumes(admin: AdminCinder, projectId: string): Promise<ListedVolume[]> {
+  return ((await admin.send('GET', `/volumes/detail?all_tenants=1&project_id=${projectId}`)) as { volumes: ListedVolume[] }).volumes
+}
+
+/** Every attachment Cinder shows on a project's volumes, as `volume name: attachment id (host)`. */
+export async function projectAttachments(admin: AdminCinder, projectId: string): Promise<string[]> {
+  return (await projectVolumes(admin, projectId)).flatMap(v => v.attachments.map(a => `${v.name}: ${a.attachment_id} (${a.host_name ?? '?'})`))
+}
+
 /** A project of its own for one test, with the glance account in it (see isolatedCloud). */
 export interface IsolatedCloud {
   /** The cloud's name in `dir`/clouds.yaml: run cinderfs there with --os-cloud this. */
@@ -198,6 +210,8 @@ export interface IsolatedCloud {
   projectId: string
   /** A backend for the project, as the daemon builds it. */
   service: CinderVolumeService
+  /** Every attachment Cinder shows on the project's volumes, in one request, as `volume name: attachment id (host)`. */
+  attachments(): Promise<string[]>
   /** Deletes the project's volumes (their attachments first) and the project; resolves with how many volumes were left. */
   remove(): Promise<number>
 }
@@ -231,16 +245,21 @@ export async function isolatedCloud(dir: string): Promise<IsolatedCloud> {
   })
   return {
     cloud, dir, projectId: project.id, service,
+    attachments: async () => await projectAttachments(admin, project.id),
     remove: async () => {
-      const cinder = await service.client()
-      const left = await listAll(service)
-      // all at once: each delete waits for Cinder to finish it
+      const left = await projectVolumes(admin, project.id)
+      // All at once, then one listing a second until none is left: a poll per volume of hundreds loads cinder-api for minutes.
+      // A volume Cinder will not delete yet (still creating, a reservation) goes through the backend's delete, which waits.
       await Promise.all(left.map(async volume => {
-        for (const a of (await cinder.showVolume(volume.id)).attachments) {
-          await service.detach({ id: a.id, volumeId: volume.id, mode: 'rw', connectionInfo: { driverVolumeType: '', data: {} } })
+        for (const a of volume.attachments) {
+          await service.detach({ id: a.attachment_id, volumeId: volume.id, mode: 'rw', connectionInfo: { driverVolumeType: '', data: {} } })
         }
-        await service.delete(volume.id)
+        await admin.send('DELETE', `/volumes/${volume.id}`).catch(async () => { await service.delete(volume.id) })
       }))
+      for (let waited = 0; (await projectVolumes(admin, project.id)).length > 0; waited += 1000) {
+        if (waited > 300_000) throw new Error(`project ${name}: volumes still there 300 s after their delete`)
+        await sleep(1000)
+      }
       await admin.identity('DELETE', `/projects/${project.id}`)
       await service.close()
       admin.close()
