@@ -114,7 +114,7 @@ t.test('8 parallel uploads while 8 readers read', { skip }, async t => {
 })
 
 t.test('kill -9 mid-upload, mount again: recovery deletes this host\'s attachments and the half-uploaded volume', { skip }, async t => {
-  const { ws, daemon } = await cinderMount(t, ['--host', 'crash-host'])
+  const { ws, daemon } = await cinderMount(t, ['--host', 'crash-host', '--seal-delay', '0'])
   await sh(`echo survivor > '${daemon.file('complete')}'`)
   // Sealed first, so the reader below attaches it read-only (within the seal delay it would read through
   // the writer's attachment; on slower exports, such as iSCSI's, it could finish before the seal).
@@ -153,10 +153,10 @@ with open('${daemon.file('partial')}', 'wb') as out:
 
 t.test('two hosts on one Cinder: each sees the other\'s images; reading one at once needs multiattach', { skip }, async t => {
   const ws = await workspace(t, 'cinder')
-  const a = await startDaemon(ws, ['--host', 'glance-a', '--list-ttl', '2'])
+  const a = await startDaemon(ws, ['--host', 'glance-a', '--list-ttl', '2', '--seal-delay', '1'])
   const other: Workspace = { ...ws, mountpoint: path.join(ws.root, 'mnt-b') }
   await fs.mkdir(other.mountpoint)
-  const b = await startDaemon(other, ['--host', 'glance-b', '--list-ttl', '2'])
+  const b = await startDaemon(other, ['--host', 'glance-b', '--list-ttl', '2', '--seal-delay', '1'])
   const data = await randomFile(3 * MiB)
   await sh(`cp '${data}' '${a.file('plain')}'`)
   await sh(`cp '${data}' '${b.file('from-b')}'`)
@@ -171,8 +171,8 @@ t.test('two hosts on one Cinder: each sees the other\'s images; reading one at o
   t.equal(await sh(`ls '${b.mountpoint}'`), 'from-b\nplain\n', 'and B lists A\'s')
   const expected = await sha256(data)
 
-  // Not multiattach: A's reader keeps the volume attached, so B's read is refused clearly.
-  const holder = run(`exec 3<'${a.file('plain')}'; sha256sum <&3; sleep 8`)
+  // Not multiattach: A's reader keeps the volume attached (and the idle detach, 30 s after its close), so B's read is refused clearly.
+  const holder = run(`exec 3<'${a.file('plain')}'; sha256sum <&3; sleep 2`)
   await a.logged(attachmentMessages.attached, { mode: 'ro' })
   const refused = await run(`cat '${b.file('plain')}'`)
   t.not(refused.code, 0, 'without multiattach, the second host cannot read it at the same time')
@@ -182,7 +182,7 @@ t.test('two hosts on one Cinder: each sees the other\'s images; reading one at o
 
   // Multiattach: written with --volume-type multiattach, both hosts read at once.
   await a.stop()
-  const m = await startDaemon(ws, ['--host', 'glance-a', '--list-ttl', '2', '--volume-type', 'multiattach'])
+  const m = await startDaemon(ws, ['--host', 'glance-a', '--list-ttl', '2', '--seal-delay', '1', '--volume-type', 'multiattach'])
   await sh(`cp '${data}' '${m.file('shared')}'`)
   await m.logged(lifecycleMessages.sealed)
   for (let i = 0; i < 100 && !(await sh(`ls '${b.mountpoint}'`)).includes('shared'); i++) await sh('sleep 0.2')

@@ -12,7 +12,7 @@ const sizes = [0, 1, 4095, MiB + 1, 300 * MiB]
 
 t.test('cp in and cat out: every size comes back byte for byte, with exact sizes and hashes', { skip: needsBackend() }, async t => {
   const ws = await workspace(t)
-  const daemon = await startDaemon(ws)
+  const daemon = await startDaemon(ws, ['--seal-delay', '2'])
   for (const size of sizes) {
     const source = await randomFile(size)
     const name = `image-of-${size}-bytes`

@@ -5,7 +5,8 @@ import { lifecycleMessages } from '../../src/image/lifecycle.js'
 
 t.test('refusals: each gets its errno and changes nothing', { skip: needsBackend() }, async t => {
   const ws = await workspace(t)
-  const daemon = await startDaemon(ws)
+  // sealed before the refusals: a short seal delay, not the default 10 s of waiting
+  const daemon = await startDaemon(ws, ['--seal-delay', '1'])
   await sh(`echo original > '${daemon.file('image')}'`)
   await daemon.logged(lifecycleMessages.sealed)
 

@@ -21,8 +21,9 @@ async function sourceImages(dir: string): Promise<{ raw: string, qcow2: string }
 t.test('qemu-img convert straight into the mount, both ways; check and compare, also after a remount', { skip: needsQemu() }, async t => {
   const ws = await workspace(t)
   const { raw, qcow2 } = await sourceImages(ws.root)
-  const daemon = await startDaemon(ws)
-  // qemu-img creates the file, closes it and opens it again for writing: the seal delay lets it.
+  // qemu-img creates the file, closes it and opens it again for writing: the seal delay lets it
+  // (3 s is plenty for that and keeps the wait for the seals below short).
+  const daemon = await startDaemon(ws, ['--seal-delay', '3'])
   const toRaw = await run(`qemu-img convert -f qcow2 -O raw '${qcow2}' '${daemon.file('converted.raw')}'`)
   t.equal(toRaw.code, 0, `qcow2 → raw into the mount works ${toRaw.stderr}`)
   const toQcow2 = await run(`qemu-img convert -f raw -O qcow2 '${raw}' '${daemon.file('converted.qcow2')}'`)
@@ -37,7 +38,7 @@ t.test('qemu-img convert straight into the mount, both ways; check and compare, 
   await daemon.logged(lifecycleMessages.sealed, { times: 2 })
   t.ok((await volumes(ws)).every(v => v.readOnly), 'both sealed read-only after the seal delay')
   t.equal(await daemon.stop(), 0)
-  await startDaemon(ws)
+  await startDaemon(ws, ['--seal-delay', '3'])
   await check()
   // And out of the mount again, as an operator converts back.
   t.equal((await run(`qemu-img convert -f qcow2 -O raw '${daemon.file('converted.qcow2')}' '${ws.root}/back.raw' && cmp '${raw}' '${ws.root}/back.raw'`)).code, 0, 'qcow2 → raw out of the mount equals the source')
@@ -45,7 +46,8 @@ t.test('qemu-img convert straight into the mount, both ways; check and compare, 
 
 t.test('qemu-img create, then qemu-io writes into it; truncate -s, then dd conv=notrunc', { skip: needsQemu() }, async t => {
   const ws = await workspace(t)
-  const daemon = await startDaemon(ws)
+  // each tool opens the file again within the seal delay
+  const daemon = await startDaemon(ws, ['--seal-delay', '3'])
   await sh(`qemu-img create -f qcow2 '${daemon.file('blank.qcow2')}' 64M`)
   await sh(`qemu-io -f qcow2 -c 'write -P 0xab 0 4M' -c 'write -P 0xcd 8M 1M' '${daemon.file('blank.qcow2')}'`)
   t.equal((await run(`qemu-img check -f qcow2 '${daemon.file('blank.qcow2')}'`)).code, 0, 'qemu-img check finds no errors')

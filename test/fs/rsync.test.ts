@@ -65,7 +65,7 @@ t.test('an interrupted rsync --partial completes when run again', { skip: needsB
 
 t.test('rsync --inplace works for new files and, once sealed, fails clearly on existing images', { skip: needsBackend() }, async t => {
   const ws = await workspace(t)
-  const daemon = await startDaemon(ws)
+  const daemon = await startDaemon(ws, ['--seal-delay', '1'])
   await sh(`mkdir '${ws.root}/src' && head -c 3000000 /dev/urandom > '${ws.root}/src/image'`)
   await sh(`rsync -a --inplace '${ws.root}/src/' '${ws.mountpoint}/'`)
   t.equal((await run(`cmp '${ws.root}/src/image' '${daemon.file('image')}'`)).code, 0, 'a new file arrives with --inplace')

@@ -32,7 +32,7 @@ function deletedAtEnd(t: Test, location: string): void {
  * New images go on CINDERFS_TEST_VOLUME_TYPE's volume type (scripts/test runs the first test again on `iscsi`).
  */
 async function mount(t: Test): Promise<Daemon> {
-  return startDaemon(await workspace(t, 'local'), ['--backend', 'cinder', '--os-cloud', CLOUDS.glance, '--host', testName('glance-host'), ...volumeTypeArgs], { cwd: STATE_DIR })
+  return startDaemon(await workspace(t, 'local'), ['--backend', 'cinder', '--os-cloud', CLOUDS.glance, '--host', testName('glance-host'), '--seal-delay', '1', ...volumeTypeArgs], { cwd: STATE_DIR })
 }
 
 t.test('an image copied into the mount is read back by glance_store get() byte for byte', { skip }, async t => {

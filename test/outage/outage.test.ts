@@ -1,5 +1,5 @@
 // Outages of the real Keystone + Cinder while mounts keep running: cinder-api
-// stopped, cinder-volume stopped, Keystone tokens of 60 s. Scenarios that share
+// stopped, cinder-volume stopped, Keystone tokens of 30 s. Scenarios that share
 // an outage run side by side, each on a mount and project of its own, so the
 // whole file costs one cinder-api restart, one cinder-volume restart and two
 // Keystone restarts. Every wait is for an event (a log message the daemon
@@ -21,7 +21,7 @@ import { run, sh, xattr } from '../helpers/shell.js'
 const MiB = 1024 * 1024
 const GiB = 1024 * MiB
 /** Keystone's token lifetime during this file: several expire in it. */
-const TOKEN_SECONDS = 60
+const TOKEN_SECONDS = 30
 const scripts = path.resolve(__dirname, '../../../scripts/openstack')
 const suite = openStackSuite(t)
 const skip = suite.skip === false ? needsFuse() : suite.skip
@@ -124,7 +124,7 @@ async function sparseSource(): Promise<string> {
 
 // ------------------------------------------------------------ the scenarios
 
-t.test('outages: cinder-api and cinder-volume restarts, tokens of 60 s', { skip }, async t => {
+t.test('outages: cinder-api and cinder-volume restarts, tokens of 30 s', { skip }, async t => {
   const started = Date.now()
   const phase = (what: string): void => { t.comment(`${((Date.now() - started) / 1000).toFixed(0)} s: ${what}`) }
   // Keystone with short tokens for this file; the default again afterwards (if the rig still runs).
