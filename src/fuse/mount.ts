@@ -47,7 +47,7 @@ export async function mountFuse(mountpoint: string, ops: Operations, options: Mo
 }
 
 /** How long a mount point may take to answer before its daemon counts as hung. */
-export const PROBE_TIMEOUT_MS = 10_000
+const PROBE_TIMEOUT_MS = 10_000
 
 /**
  * What a mount point answers: its stat, the error, or 'timeout' (a hung

@@ -5,6 +5,7 @@ import path from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import t from 'tap'
 import { fuseBinding, localOnly, loopsOf, needsBackend, randomFile, startDaemon, volumes, workspace, type Daemon } from '../helpers/daemon.js'
+import { errorCode } from '../../src/errors/errors.js'
 import { lifecycleMessages } from '../../src/image/lifecycle.js'
 import { metricsPort } from '../helpers/prometheus.js'
 import { run, sh, sha256, xattr } from '../helpers/shell.js'
@@ -127,7 +128,7 @@ async function openWriter(fifo: string, ms: number): Promise<FileHandle | undefi
     try {
       return await fs.open(fifo, fsConstants.O_WRONLY | fsConstants.O_NONBLOCK)
     } catch (error) {
-      if ((error as NodeJS.ErrnoException).code !== 'ENXIO') throw error
+      if (errorCode(error) !== 'ENXIO') throw error
     }
     await sleep(20)
   }

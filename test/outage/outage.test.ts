@@ -124,7 +124,7 @@ async function sparseSource(): Promise<string> {
 
 // ------------------------------------------------------------ the scenarios
 
-t.test('outages: cinder-api and cinder-volume restarts, tokens of 30 s', { skip }, async t => {
+t.test(`outages: cinder-api and cinder-volume restarts, tokens of ${TOKEN_SECONDS} s`, { skip }, async t => {
   const started = Date.now()
   const phase = (what: string): void => { t.comment(`${((Date.now() - started) / 1000).toFixed(0)} s: ${what}`) }
   // Keystone with short tokens for this file; the default again afterwards (if the rig still runs).
