@@ -27,7 +27,7 @@ export interface ImageLifecycleOptions {
   cache: BlockCache
   logger: Logger
   imageOwner: string
-  /** Recorded while an image is not sealed, so recovery on this host knows the volume is its own. */
+  /** Recorded at begin, so recovery on this host knows an unsealed volume is its own; it stays as who wrote the image. */
   host: string
   uid: number
   gid: number
@@ -67,7 +67,8 @@ export const lifecycleMessages = {
  * namespace (ImageStore) under the volume's current name, so nothing above
  * patches the namespace by hand. Metadata is written so that a crash at any
  * point leaves a volume recovery understands: `cinderfs_state` is set until
- * the bytes and their size are recorded, and `cinderfs_host` until sealed.
+ * the bytes and their size are recorded, `cinderfs_host` names the writer,
+ * and the read-only flag is the seal.
  *
  * While an image is this host's (from begin until sealed) nobody else writes
  * its volume, so each write sends the entry's whole name and metadata in one
@@ -141,14 +142,16 @@ export class ImageLifecycle {
 
   /**
    * Marks a complete image read-only. The volume must be detached (Cinder
-   * changes the flag only on an available volume); the host mark goes last,
-   * so recovery seals an image whose daemon died before this.
+   * changes the flag only on an available volume). The flag is the whole
+   * seal: recovery seals a finalised image of this host's without it, so no
+   * metadata write follows (one request less per image than clearing the
+   * host mark, which cost Cinder as much as the flag).
    */
   async seal(volumeId: string): Promise<void> {
     this.hurry.get(volumeId)?.()
     await this.inOrder(volumeId, async () => {
       await this.o.service.setReadOnly(volumeId, true)
-      await this.write(volumeId, { [keys.host]: null }, { readOnly: true })
+      this.record(volumeId, {}, { readOnly: true })
     })
     this.log.info({ volumeId, name: this.o.store.byVolume(volumeId)?.name }, lifecycleMessages.sealed)
     this.o.imageReady?.(volumeId)
@@ -334,11 +337,9 @@ export class ImageLifecycle {
       if (image.attrs.host !== this.o.host) continue
       const ids = { volumeId: image.volume.id, name: image.name }
       if (image.attrs.state === 'final') {
+        if (image.volume.readOnly) continue // sealed
         // Complete (a crash inside the seal delay, or before the last release): seal it.
-        await attempt('seal a finalised image', ids, async () => {
-          if (!image.volume.readOnly) await this.o.service.setReadOnly(image.volume.id, true)
-          await this.o.service.updateMetadata(image.volume.id, { [keys.host]: null })
-        })
+        await attempt('seal a finalised image', ids, async () => this.o.service.setReadOnly(image.volume.id, true))
       } else {
         await attempt(`delete a volume left ${image.attrs.state} by an earlier run`, ids, async () => this.o.service.delete(image.volume.id))
       }
