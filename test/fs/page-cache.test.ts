@@ -49,15 +49,32 @@ t.test('a re-read of a sealed image is served by the kernel: no request, no cach
   await sh(`cp '${source}' '${daemon.file('sealed')}'`)
   // Only a sealed image (no writer can take it back) is left in the kernel's page cache.
   await daemon.logged(lifecycleMessages.sealed)
-  t.equal(await sha256(daemon.file('sealed')), await sha256(source), 'first read: the bytes')
-  const first = await snapshot(daemon)
-  t.ok(first.bytesRead >= 8 * 1024 * 1024, 'the first read went through the daemon')
-  t.equal(await sha256(daemon.file('sealed')), await sha256(source), 'second read: the same bytes')
-  const second = await snapshot(daemon)
-  t.equal(second.bytesRead, first.bytesRead, 'the second read sent the daemon no read request')
-  t.equal(second.deviceReads, first.deviceReads, 'and read nothing from the device')
-  t.equal(second.cacheReads, first.cacheReads, 'nor from the block cache')
+  const expected = await sha256(source)
+  // The VMs here drop the whole page cache every few minutes (/proc/vmstat drop_pagecache;
+  // once inside the first read, whose first 16 KiB were then read again): a pass with a
+  // drop in it proves nothing either way and is run again.
+  for (let pass = 1; ; pass++) {
+    const drops = await pageCacheDrops()
+    t.equal(await sha256(daemon.file('sealed')), expected, 'a read: the bytes')
+    const first = await snapshot(daemon)
+    t.equal(await sha256(daemon.file('sealed')), expected, 'a second read: the same bytes')
+    const second = await snapshot(daemon)
+    if (await pageCacheDrops() !== drops && pass < 5) {
+      t.comment(`the page cache was dropped during pass ${pass}; again`)
+      continue
+    }
+    t.equal(second.bytesRead, first.bytesRead, 'the second read sent the daemon no read request')
+    t.equal(second.deviceReads, first.deviceReads, 'and read nothing from the device')
+    t.equal(second.cacheReads, first.cacheReads, 'nor from the block cache')
+    break
+  }
+  t.ok((await snapshot(daemon)).bytesRead >= 8 * 1024 * 1024, 'the first read went through the daemon')
 })
+
+/** How often the page cache was dropped (echo 1 > drop_caches) since boot, as /proc/vmstat counts it. */
+async function pageCacheDrops(): Promise<string> {
+  return /^drop_pagecache (\d+)$/m.exec(await fs.readFile('/proc/vmstat', 'utf8'))?.[1] ?? 'unknown'
+}
 
 t.test('a name replaced by rename is never read with the old bytes', { skip: needsBackend() }, async t => {
   const ws = await workspace(t)
