@@ -91,7 +91,8 @@ OPTIONS
     --write-buffer SIZE
         Writes held in memory while a volume grows (default 256M).
     --list-ttl SECONDS
-        How long a volume listing is trusted (default 5).
+        How long a volume listing is trusted (default 5), and at least ten
+        times as long as the listing took (a library of thousands of volumes).
     --api-retry-window SECONDS
         How long each OpenStack call an upload needs keeps retrying a
         refused connection or a 5xx (a service restart) before the writer

@@ -1,6 +1,7 @@
 import type { Volume } from '../model/volume.js'
 import { listAll, type VolumeService } from '../backends/volume-service.js'
 import type { Logger } from '../log/logger.js'
+import type { Clock } from '../model/clock.js'
 import { decodeImage, isImageVolume, type ImageAttributes, type OwnerDefaults } from './metadata.js'
 import { fileNameOf } from './names.js'
 
@@ -15,7 +16,17 @@ export interface ImageStoreOptions {
   logger: Logger
   listTtlMs: number
   owner: OwnerDefaults
+  clock: Clock
 }
+
+/**
+ * A listing is trusted for at least this many times as long as it took: the
+ * backend's listing grows with the library (one of 300 Cinder volumes is
+ * 320 KB of JSON), and a migration's lookups would otherwise have Cinder list
+ * thousands of volumes every --list-ttl seconds. So listing takes at most a
+ * tenth of the time, and other hosts' changes show within the longer of the two.
+ */
+export const listingTrustFactor = 10
 
 /**
  * The namespace: file name ↔ image volume. Built from the backend's volume
@@ -26,6 +37,8 @@ export interface ImageStoreOptions {
 export class ImageStore {
   private entries = new Map<string, ImageEntry>()
   private fetchedAt = Number.NEGATIVE_INFINITY
+  /** How long the last listing took. */
+  private listingMs = 0
   private refreshing: Promise<void> | undefined
   private epoch = 0
   private readonly touched = new Map<string, number>()
@@ -125,15 +138,17 @@ export class ImageStore {
   }
 
   private async fresh(): Promise<void> {
-    if (Date.now() - this.fetchedAt < this.options.listTtlMs) return
+    const trustedMs = Math.max(this.options.listTtlMs, listingTrustFactor * this.listingMs)
+    if (this.options.clock.now() - this.fetchedAt < trustedMs) return
     this.refreshing ??= this.refresh().finally(() => { this.refreshing = undefined })
     await this.refreshing
   }
 
   private async refresh(): Promise<void> {
     const startEpoch = this.epoch
-    const started = Date.now()
+    const started = this.options.clock.now()
     const listed = await this.scan()
+    this.listingMs = this.options.clock.now() - started
     const next = new Map<string, ImageEntry>()
     for (const entry of listed) {
       if (entry.attrs.state !== 'final') continue
@@ -168,6 +183,6 @@ export class ImageStore {
     for (const [name, entry] of previous) {
       if (next.get(name)?.volume.id !== entry.volume.id) for (const listener of this.watchers) listener(name)
     }
-    this.log.debug({ images: next.size, ms: Date.now() - started }, 'listing refreshed')
+    this.log.debug({ images: next.size, ms: this.listingMs }, 'listing refreshed')
   }
 }

@@ -162,13 +162,17 @@ t.test('two hosts on one Cinder: each sees the other\'s images; reading one at o
   await sh(`cp '${data}' '${b.file('from-b')}'`)
   // Until sealed, the writing host holds each image attached read-write.
   await Promise.all([a.logged(lifecycleMessages.sealed), b.logged(lifecycleMessages.sealed)])
-  let seen = ''
-  for (let i = 0; i < 100 && seen !== 'from-b\nplain\n'; i++) {
-    await sh('sleep 0.2')
-    seen = await sh(`ls '${a.mountpoint}'`)
+  // Each sees the other's image once its listing is no longer trusted: --list-ttl, or ten times the listing's time.
+  const listing = async (mountpoint: string): Promise<string> => {
+    let seen = ''
+    for (let i = 0; i < 100 && seen !== 'from-b\nplain\n'; i++) {
+      await sh('sleep 0.2')
+      seen = await sh(`ls '${mountpoint}'`)
+    }
+    return seen
   }
-  t.equal(seen, 'from-b\nplain\n', 'A lists B\'s image within the listing TTL')
-  t.equal(await sh(`ls '${b.mountpoint}'`), 'from-b\nplain\n', 'and B lists A\'s')
+  t.equal(await listing(a.mountpoint), 'from-b\nplain\n', 'A lists B\'s image within the listing TTL')
+  t.equal(await listing(b.mountpoint), 'from-b\nplain\n', 'and B lists A\'s')
   const expected = await sha256(data)
 
   // Not multiattach: A's reader keeps the volume attached (and the idle detach, 30 s after its close), so B's read is refused clearly.

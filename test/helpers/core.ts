@@ -108,7 +108,7 @@ export async function core(t: TapLike, options: { dir?: string, host?: string } 
   const attachments = new AttachmentManager({ service, connectors: new ConnectorRegistry([new LocalConnector({ allowRegularFiles: true })]), idleDetachMs: 60_000, logger, janitor })
   const cache = new BlockCache({ budgetBytes: 16 * 1024 * 1024, blockSize: 1024 * 1024, readaheadBytes: 4 * 1024 * 1024 })
   const owner = { uid: 0, gid: 0 }
-  const store = new ImageStore({ service, logger, listTtlMs: 60_000, owner })
+  const store = new ImageStore({ service, logger, listTtlMs: 60_000, owner, clock })
   const lifecycle = new ImageLifecycle({ service, store, attachments, cache, logger, imageOwner: 'test-owner', host, ...owner, janitor, apiRetryWindowMs: 60_000, clock })
   const imageFs = new ImageFs({
     service, store, lifecycle, attachments, cache, logger, clock, readOnly: false,
